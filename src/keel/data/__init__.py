@@ -1,0 +1,22 @@
+"""Contracted datasets. Exports resolve lazily: ``keel.data.contract`` needs only numpy."""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "DigitsDataModule": "keel.data.digits",
+    "InMemoryDataModule": "keel.data.in_memory",
+    "IndexBatchSampler": "keel.data.batches",
+    "TensorContract": "keel.data.contract",
+    "ContractViolationError": "keel.data.contract",
+    "ContractError": "keel.data.contract",
+    "stratified_split": "keel.data.split",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'keel.data' has no attribute {name!r}")

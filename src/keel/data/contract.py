@@ -1,0 +1,271 @@
+"""Tensor data contracts: what every split must satisfy, checked with numpy.
+
+A contract is plain data (it round-trips through ``to_dict``), so it is stored in every
+checkpoint and carried into exported bundles. ``check`` returns every violation at once;
+``validate`` raises :class:`ContractViolationError` listing all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from keel.errors import KeelError
+
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One failed rule: which rule, on which feature, how many rows, a few examples."""
+
+    rule: str
+    feature: str
+    failing: int
+    total: int
+    examples: tuple[tuple[int, Any], ...] = ()
+    detail: str = ""
+
+    def describe(self) -> str:
+        ex = ", ".join(f"row {i}: {v}" for i, v in self.examples)
+        text = f"{self.rule} on {self.feature}: {self.failing} of {self.total} rows fail"
+        if self.detail:
+            text += f" ({self.detail})"
+        if ex:
+            text += f"; e.g. {ex}"
+        return text
+
+
+@dataclass(frozen=True)
+class ContractReport:
+    """The result of checking one split against a contract."""
+
+    contract: str
+    split: str
+    rows: int
+    violations: tuple[Violation, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "contract": self.contract,
+            "split": self.split,
+            "rows": self.rows,
+            "violations": [
+                {
+                    "rule": v.rule,
+                    "feature": v.feature,
+                    "failing": v.failing,
+                    "total": v.total,
+                    "examples": [[i, _plain(x)] for i, x in v.examples],
+                    "detail": v.detail,
+                }
+                for v in self.violations
+            ],
+        }
+
+
+class ContractError(KeelError):
+    """The contract itself is malformed (a config mistake, not a data one)."""
+
+
+class ContractViolationError(KeelError):
+    """One or more splits break the contract; ``reports`` holds every violation."""
+
+    def __init__(self, reports: Sequence[ContractReport], source: str = ""):
+        self.reports = [r for r in reports if not r.ok]
+        n = sum(len(r.violations) for r in self.reports)
+        where = f" in {source}" if source else ""
+        lines = [f"data contract {self.reports[0].contract!r} violated{where} ({n} violation{'s' if n != 1 else ''}):"]
+        for r in self.reports:
+            lines.append(f"  split {r.split!r} ({r.rows} rows):")
+            lines += [f"    - {v.describe()}" for v in r.violations]
+        lines.append(
+            "Fix: clean the data, or correct the contract in the data config (conf/data/<name>.yaml,"
+            " key `contract`) if the data is right and the contract is not."
+        )
+        super().__init__("\n".join(lines))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _examples(rows: np.ndarray, values: np.ndarray) -> tuple[tuple[int, Any], ...]:
+    return tuple((int(i), _plain(v)) for i, v in zip(rows[:MAX_EXAMPLES], values[:MAX_EXAMPLES]))
+
+
+@dataclass(frozen=True)
+class TensorContract:
+    """Expectations for tensor data (images, fixed-size feature arrays) and integer labels.
+
+    Args:
+        name: contract name, shown in reports.
+        shape: shape of one sample; the batch axis is free.
+        dtype: numpy dtype name of the features, e.g. ``float32``.
+        range: inclusive ``[low, high]`` of every feature value, or None.
+        finite: whether NaN/Inf are forbidden.
+        classes: allowed label values (integers); their order defines the logits.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    classes: tuple[int, ...]
+    range: tuple[float, float] | None = None
+    finite: bool = True
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> TensorContract:
+        """Build from config data; :class:`ContractError` names every malformed field."""
+        spec = dict(spec)
+        allowed = {"name", "shape", "dtype", "classes", "range", "finite"}
+        problems = [f"unknown key {k!r} (allowed: {sorted(allowed)})" for k in spec if k not in allowed]
+        problems += [f"missing key {k!r}" for k in ("name", "shape", "dtype", "classes") if k not in spec]
+        if problems:
+            raise ContractError("invalid data contract: " + "; ".join(problems))
+        shape = spec["shape"]
+        if not (isinstance(shape, Sequence) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+            problems.append(f"shape={shape!r}: expected a non-empty list of positive integers, e.g. [1, 8, 8]")
+        try:
+            np.dtype(spec["dtype"])
+        except TypeError:
+            problems.append(f"dtype={spec['dtype']!r}: expected a numpy dtype name such as float32")
+        classes = spec["classes"]
+        if not (isinstance(classes, Sequence) and len(classes) >= 2 and all(isinstance(c, int) for c in classes)):
+            problems.append(f"classes={classes!r}: expected a list of at least 2 integer labels")
+        elif len(set(classes)) != len(classes):
+            problems.append(f"classes={list(classes)!r}: labels must be unique")
+        rng = spec.get("range")
+        if rng is not None and not (
+            isinstance(rng, Sequence) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng) and rng[0] <= rng[1]
+        ):
+            problems.append(f"range={rng!r}: expected [low, high] with low <= high, or null")
+        if problems:
+            raise ContractError("invalid data contract: " + "; ".join(problems))
+        return cls(
+            name=str(spec["name"]),
+            shape=tuple(int(d) for d in shape),
+            dtype=str(np.dtype(spec["dtype"])),
+            classes=tuple(int(c) for c in classes),
+            range=None if rng is None else (float(rng[0]), float(rng[1])),
+            finite=bool(spec.get("finite", True)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, numbers, strings): safe for ``torch.load(weights_only=True)``."""
+        return {
+            "kind": "tensor",
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "classes": list(self.classes),
+            "range": None if self.range is None else list(self.range),
+            "finite": self.finite,
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form: equal contracts have equal fingerprints."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def check(self, x: Any, y: Any | None, split: str, row_ids: Any | None = None) -> ContractReport:
+        """Check features ``x`` (N, *shape) and labels ``y`` (N,); return every violation.
+
+        ``row_ids`` (N,) maps rows to their index in the source (file or dataset), so the
+        examples in the report point at the source rows; default: position in ``x``.
+        """
+        report = self._check(x, y, split)
+        if row_ids is None or report.ok:
+            return report
+        ids = np.asarray(row_ids)
+        remapped = tuple(
+            Violation(v.rule, v.feature, v.failing, v.total, tuple((int(ids[i]), val) for i, val in v.examples), v.detail)
+            for v in report.violations
+        )
+        return ContractReport(report.contract, report.split, report.rows, remapped)
+
+    def _check(self, x: Any, y: Any | None, split: str) -> ContractReport:
+        out: list[Violation] = []
+        x = np.asarray(x)
+        n = int(x.shape[0]) if x.ndim else 0
+        if x.ndim == 0 or n == 0:
+            out.append(Violation("non-empty", "x", 0, 0, detail="the split has no rows"))
+            return ContractReport(self.name, split, n, tuple(out))
+        if tuple(x.shape[1:]) != self.shape:
+            out.append(
+                Violation("shape", "x", n, n, detail=f"sample shape {list(x.shape[1:])}, expected {list(self.shape)}")
+            )
+        if x.dtype != np.dtype(self.dtype):
+            out.append(Violation("dtype", "x", n, n, detail=f"dtype {x.dtype}, expected {self.dtype}"))
+        numeric = np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)
+        if numeric:
+            flat = x.reshape(n, -1)
+            if np.issubdtype(flat.dtype, np.floating):
+                bad = ~np.isfinite(flat)
+                if self.finite:
+                    rows = np.flatnonzero(bad.any(axis=1))
+                    if rows.size:
+                        first = flat[rows, bad[rows].argmax(axis=1)]
+                        out.append(Violation("finite", "x", int(rows.size), n, _examples(rows, first), "NaN or Inf"))
+            if self.range is not None:
+                lo, hi = self.range
+                with np.errstate(invalid="ignore"):
+                    below, above = flat < lo, flat > hi
+                rows = np.flatnonzero((below | above).any(axis=1))
+                if rows.size:
+                    sub = flat[rows]
+                    first = sub[np.arange(rows.size), (below[rows] | above[rows]).argmax(axis=1)]
+                    out.append(
+                        Violation("range", "x", int(rows.size), n, _examples(rows, first), f"allowed [{lo:g}, {hi:g}]")
+                    )
+        if y is not None:
+            out += self._check_labels(np.asarray(y), n)
+        return ContractReport(self.name, split, n, tuple(out))
+
+    def _check_labels(self, y: np.ndarray, n: int) -> list[Violation]:
+        out: list[Violation] = []
+        if y.ndim != 1 or y.shape[0] != n:
+            return [Violation("shape", "label", n, n, detail=f"labels have shape {list(y.shape)}, expected [{n}]")]
+        if np.issubdtype(y.dtype, np.floating):
+            nan = np.flatnonzero(~np.isfinite(y))
+            if nan.size:
+                out.append(Violation("finite", "label", int(nan.size), n, _examples(nan, y[nan]), "NaN or Inf label"))
+            frac = np.flatnonzero(np.isfinite(y) & (y != np.round(y)))
+            if frac.size:
+                out.append(Violation("integer", "label", int(frac.size), n, _examples(frac, y[frac])))
+        elif not np.issubdtype(y.dtype, np.integer):
+            return out + [Violation("dtype", "label", n, n, detail=f"dtype {y.dtype}, expected integers")]
+        with np.errstate(invalid="ignore"):
+            unknown = np.flatnonzero(np.isfinite(y.astype(np.float64)) & ~np.isin(y, self.classes))
+        if unknown.size:
+            out.append(
+                Violation(
+                    "classes", "label", int(unknown.size), n, _examples(unknown, y[unknown]),
+                    f"allowed {list(self.classes)}",
+                )
+            )
+        return out
+
+    def validate(self, x: Any, y: Any | None, split: str) -> ContractReport:
+        """Like :meth:`check`, but raise :class:`ContractViolationError` on any violation."""
+        report = self.check(x, y, split)
+        if not report.ok:
+            raise ContractViolationError([report])
+        return report
+
+
+__all__ = ["ContractError", "ContractReport", "ContractViolationError", "TensorContract", "Violation"]

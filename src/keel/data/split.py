@@ -1,0 +1,39 @@
+"""Seeded, stratified train/val/test split of row indices."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Split row indices into ``train``/``val``/``test``, keeping class proportions.
+
+    Each class contributes ``round(count * fraction)`` rows to val and to test (at least one
+    when it has 3 or more rows) and the rest to train. The same ``seed`` gives the same
+    split on any machine. Returned index arrays are sorted.
+
+    Raises:
+        ValueError: a fraction outside (0, 1), or their sum >= 1.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must be in (0, 1) and their sum < 1"
+        )
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n = idx.size
+        n_val = int(round(n * val_fraction))
+        n_test = int(round(n * test_fraction))
+        if n >= 3:
+            n_val, n_test = max(n_val, 1), max(n_test, 1)
+        n_val = min(n_val, max(n - 1, 0))
+        n_test = min(n_test, max(n - 1 - n_val, 0))
+        parts["val"].append(idx[:n_val])
+        parts["test"].append(idx[n_val : n_val + n_test])
+        parts["train"].append(idx[n_val + n_test :])
+    return {k: np.sort(np.concatenate(v)) if v else np.array([], dtype=np.int64) for k, v in parts.items()}

@@ -1,0 +1,174 @@
+"""The LightningModule that trains any net from ``keel.models.nets`` as a classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from keel.models.metric_names import PER_SPLIT, SPLITS
+from keel.models.nets.standardize import Standardize
+from keel.optim import build_scheduler, param_groups
+
+
+def _split_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "precision": MulticlassPrecision(num_classes, average="macro"),
+            "recall": MulticlassRecall(num_classes, average="macro"),
+        }
+    )
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy classification of any net, with standardization built into the model.
+
+    Every argument is plain data (dicts, lists, numbers, strings) and is saved as
+    hyperparameters, so a checkpoint rebuilds the module without unpickling objects and
+    loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        net: config of the net (``_target_`` + arguments), instantiated here.
+        optimizer: ``_partial_`` optimizer config; called with the parameter groups.
+        scheduler: the ``scheduler`` config group (see :func:`keel.optim.build_scheduler`).
+        preprocessing: ``mean``/``std``/``sample_ndim`` fitted on the train split.
+        loss: ``label_smoothing`` and ``class_weights`` (None or a list, one per class).
+        no_decay_bias_norm: keep biases and norm weights out of weight decay.
+        compile: ``torch.compile`` the net in place.
+        contract: the data contract (plain data), stored with every checkpoint.
+
+    Logged metrics (epoch level, synced across DDP ranks): ``{train,val,test}/{loss,acc,f1,
+    precision,recall}`` and the best-so-far ``val/acc_best``, ``val/f1_best``, ``val/loss_best``.
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        preprocessing: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        contract: Mapping[str, Any],
+        no_decay_bias_norm: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        # logger=False: keel writes the HParams entry itself at the end, with final metrics.
+        self.save_hyperparameters(logger=False)
+        self.net: nn.Module = instantiate(dict(net))
+        self.preprocess = Standardize(preprocessing["mean"], preprocessing["std"], int(preprocessing["sample_ndim"]))
+        num_classes = len(contract["classes"])
+        self.num_classes = num_classes
+        weights = loss.get("class_weights")
+        if weights is not None and len(weights) != num_classes:
+            raise ValueError(
+                f"model.loss.class_weights has {len(weights)} values but the data has {num_classes} classes"
+            )
+        self.register_buffer(
+            "class_weights", None if weights is None else torch.tensor(list(weights), dtype=torch.float32)
+        )
+        self.label_smoothing = float(loss.get("label_smoothing", 0.0))
+        # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
+        self.metrics = nn.ModuleDict({f"{s}_metrics": _split_metrics(num_classes) for s in SPLITS})
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in SPLITS})
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.best = nn.ModuleDict({"acc": MaxMetric(), "f1": MaxMetric(), "loss": MinMetric()})
+        for metric in self.best.values():
+            metric.persistent(True)  # best-so-far survives a resume from checkpoint
+        self.example_input_array = torch.zeros(2, *contract["shape"])
+        self.confusion: dict[str, list[list[int]]] = {}
+        if compile:
+            self.net.compile()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw contract-conforming inputs ``(N, *shape)`` -> logits ``(N, classes)``."""
+        return self.net(self.preprocess(x))
+
+    def _step(self, batch: Sequence[torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(
+            logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+        preds = logits.argmax(dim=1)
+        self.metrics[f"{split}_metrics"].update(preds, y)
+        if split == "val":
+            self.val_confusion.update(preds, y)
+        elif split == "test":
+            self.test_confusion.update(preds, y)
+        # Accumulated on device and reduced across ranks at epoch end: no host sync per step.
+        self.losses[f"{split}_loss"].update(loss.detach(), weight=len(y))
+        return loss
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_epoch(self, split: str) -> dict[str, torch.Tensor]:
+        values = dict(self.metrics[f"{split}_metrics"].compute())  # torchmetrics reduces across ranks
+        values["loss"] = self.losses[f"{split}_loss"].compute()
+        self.metrics[f"{split}_metrics"].reset()
+        self.losses[f"{split}_loss"].reset()
+        # values are already reduced; sync_dist=True is a no-op average that tells Lightning so
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=True)
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch("val")
+        self.confusion["val"] = self.val_confusion.compute().tolist()
+        self.val_confusion.reset()
+        if self.trainer.sanity_checking:
+            return
+        for key, metric in self.best.items():
+            metric.update(values[key])
+        self.log_dict({f"val/{k}_best": m.compute() for k, m in self.best.items()}, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+        self.confusion["test"] = self.test_confusion.compute().tolist()
+        self.test_confusion.reset()
+
+    def configure_optimizers(self) -> Any:
+        groups = param_groups(self, bool(self.hparams.no_decay_bias_norm))
+        optimizer = instantiate(dict(self.hparams.optimizer))(groups)
+        sched = build_scheduler(
+            self.hparams.scheduler,
+            optimizer,
+            total_epochs=max(int(self.trainer.max_epochs or 1), 1),
+            total_steps=int(self.trainer.estimated_stepping_batches),
+        )
+        if sched is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": sched}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain data only: the contract travels with the weights into export and serving.
+        checkpoint["keel"] = {
+            "contract": dict(self.hparams.contract),
+            "preprocessing": dict(self.hparams.preprocessing),
+            "metric_names": [f"{s}/{m}" for s in SPLITS for m in PER_SPLIT],
+        }

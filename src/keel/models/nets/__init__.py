@@ -1,0 +1,7 @@
+"""Plain ``nn.Module`` nets: no Lightning, Hydra or files. They are what gets exported."""
+
+from keel.models.nets.cnn import CNN
+from keel.models.nets.mlp import MLP
+from keel.models.nets.standardize import Standardize
+
+__all__ = ["CNN", "MLP", "Standardize"]

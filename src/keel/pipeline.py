@@ -1,0 +1,236 @@
+"""``train(cfg)``: validate -> data -> model -> fit -> test with the best checkpoint -> record.
+
+Heavy imports (torch, Lightning, data) happen inside the functions, after the config has
+been checked, so composing or printing a config stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from keel.config.validate import validate_config
+from keel.errors import KeelError
+
+log = logging.getLogger("keel")
+
+
+def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (None/empty: [])."""
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    out = []
+    for name, node in group.items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise KeelError(f"{what}.{name} has no _target_: each entry of `{what}` must be a config with a _target_")
+        out.append(instantiate(node))
+    return out
+
+
+def _class_weights(cfg: DictConfig, counts: list[int]) -> list[float] | None:
+    weights = cfg.model.loss.class_weights
+    if weights is None:
+        return None
+    if weights == "balanced":
+        total, k = sum(counts), len(counts)
+        return [total / (k * max(c, 1)) for c in counts]
+    return [float(w) for w in weights]
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> Any:
+    """Build the LightningModule from ``cfg.model`` and what the data fitted (plain data only)."""
+    from hydra.utils import get_class
+
+    # Called directly (not hydra's instantiate, which would hand over DictConfigs): the module's
+    # hyperparameters must be plain containers to load with torch.load(weights_only=True).
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    module_cls = get_class(model_cfg.pop("_target_"))
+    model_cfg.pop("_recursive_", None)
+    model_cfg["loss"]["class_weights"] = _class_weights(cfg, datamodule.class_counts("train"))
+    return module_cls(
+        **model_cfg,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        preprocessing=datamodule.preprocessing,
+        contract=datamodule.contract.to_dict(),
+    )
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+def _route_lightning_logs() -> None:
+    """Send Lightning's messages through Hydra's handlers once (console + run log), not twice."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+
+
+def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items())}
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Run one training job; return ``cfg.optimized_metric`` (for sweepers), or None.
+
+    Raises:
+        ConfigError: the config or this machine cannot run it (nothing was trained).
+        ContractViolationError: a data split breaks the contract (nothing was trained).
+    """
+    started = time.time()
+    validate_config(cfg)
+
+    from keel.config.machine import check_machine
+
+    check_machine(cfg)
+
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+
+    from keel.distributed import hydra_ddp_relaunch
+
+    _route_lightning_logs()
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        log.info("logger=none: skipping the LR monitor (it needs a logger)")
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=ckpt_cb is not None,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        # the DataModule shards its own batches (keel.data.batches): no sampler replacement
+        use_distributed_sampler=False,
+    )
+    if trainer.num_devices * trainer.num_nodes > 1 and trainer.strategy.root_device.type == "cpu":
+        # One process per device shares the cores: N processes x all cores threads thrash.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
+
+    with hydra_ddp_relaunch(str(output_dir)):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        fit_metrics = dict(trainer.callback_metrics)
+        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+        fast = bool(trainer.fast_dev_run)
+        if best and not fast:
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        else:
+            log.info("no best checkpoint (callbacks without model_checkpoint): testing the final weights")
+            trainer.test(model, datamodule=datamodule, verbose=False)
+        test_metrics = dict(trainer.callback_metrics)
+
+    metrics = _plain_metrics({**fit_metrics, **{k: v for k, v in test_metrics.items() if k.startswith("test/")}})
+    if trainer.is_global_zero:
+        record = {
+            "metrics": metrics,
+            "optimized_metric": cfg.optimized_metric,
+            "objective": metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None,
+            "best_checkpoint": best or None,
+            "last_checkpoint": getattr(ckpt_cb, "last_model_path", None) or None,
+            "epochs_trained": trainer.current_epoch,
+            "stopped_early": bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0)),
+            "confusion_matrix": model.confusion.get("test"),
+            "classes": list(datamodule.contract.classes),
+            "split_sizes": datamodule.split_sizes(),
+            "contract_fingerprint": datamodule.contract.fingerprint(),
+            "seed": cfg.seed,
+            "world_size": trainer.world_size,
+            "wall_time_s": round(time.time() - started, 3),
+        }
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(output_dir / "metrics.json", record)
+        _log_hparams(cfg, loggers, metrics)
+        _print_summary(output_dir, loggers, record)
+    if cfg.optimized_metric is None:
+        return None
+    if cfg.optimized_metric not in metrics:
+        raise KeelError(
+            f"optimized_metric={cfg.optimized_metric!r} was not logged by this run. "
+            f"Logged: {', '.join(sorted(metrics))}"
+        )
+    return metrics[cfg.optimized_metric]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _log_hparams(cfg: DictConfig, loggers: list[Any], metrics: dict[str, float]) -> None:
+    """Write one HParams entry per run with its final metrics (TensorBoard's HParams tab)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params.pop("paths", None)
+    hp_metrics = {f"hparams/{k.replace('/', '_')}": v for k, v in metrics.items() if k.split("/")[0] in ("val", "test")}
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(params, metrics=hp_metrics)
+            lg.save()
+
+
+def _print_summary(output_dir: Path, loggers: list[Any], record: dict[str, Any]) -> None:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    lines = ["", "keel: run finished", f"  run directory : {output_dir}"]
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lines.append(f"  tensorboard   : tensorboard --logdir {lg.log_dir}")
+        elif isinstance(lg, CSVLogger):
+            lines.append(f"  csv metrics   : {lg.log_dir}/metrics.csv")
+    if record["best_checkpoint"]:
+        lines.append(f"  best ckpt     : {record['best_checkpoint']}")
+    if record["last_checkpoint"]:
+        lines.append(f"  last ckpt     : {record['last_checkpoint']}")
+    test = {k: v for k, v in record["metrics"].items() if k.startswith("test/")}
+    lines.append("  test metrics  : " + "  ".join(f"{k}={v:.4f}" for k, v in test.items()))
+    if record["objective"] is not None:
+        lines.append(f"  objective     : {record['optimized_metric']}={record['objective']:.4f}")
+    lines.append(f"  metrics file  : {output_dir / 'metrics.json'}")
+    print("\n".join(lines), flush=True)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Hydra task function: user mistakes print one message and exit 2 (single runs).
+
+    In a multirun the error is re-raised so the sweeper records the job as failed.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return train(cfg)
+    except KeelError as e:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if multirun:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)

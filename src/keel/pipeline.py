@@ -155,6 +155,8 @@ def train(cfg: DictConfig) -> float | None:
             "best_checkpoint": best or None,
             "last_checkpoint": getattr(ckpt_cb, "last_model_path", None) or None,
             "epochs_trained": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "resumed_from": cfg.ckpt_path,
             "stopped_early": bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0)),
             "confusion_matrix": model.confusion.get("test"),
             "classes": list(datamodule.contract.classes),

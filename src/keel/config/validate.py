@@ -156,13 +156,17 @@ def validate_config(cfg: DictConfig) -> None:
     has the right type and range, cross-key constraints (fractions, nesterov, resume path).
     """
     problems: list[str] = []
-    for key in sorted(OmegaConf.missing_keys(cfg)):
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except Exception as e:  # an interpolation that cannot resolve, reported as config, not traceback
+        raise ConfigError([f"an interpolation cannot be resolved: {e}"]) from None
+    for key in missing:
         problems.append(f"{key} is required but not set (???). Fix: add `{key}=<value>` to the command line.")
     if problems:
         raise ConfigError(problems)
     try:
         OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # an interpolation that cannot resolve, reported as config, not traceback
+    except Exception as e:
         raise ConfigError([f"an interpolation cannot be resolved: {e}"]) from None
 
     for rule in RULES:

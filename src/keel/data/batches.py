@@ -67,8 +67,8 @@ class IndexBatchSampler:
             perm = torch.arange(self.n)
         if self.world_size > 1:
             if self.pad and self.n % self.world_size:
-                extra = self.world_size - self.n % self.world_size
-                perm = torch.cat([perm, perm[:extra]])
+                total = math.ceil(self.n / self.world_size) * self.world_size
+                perm = perm.repeat(math.ceil(total / self.n))[:total]  # wraps even when n < world_size
             perm = perm[self.rank :: self.world_size]
         stop = len(self) * self.batch_size if self.drop_last else perm.numel()
         for start in range(0, stop, self.batch_size):

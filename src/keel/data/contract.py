@@ -95,6 +95,10 @@ class ContractViolationError(KeelError):
         super().__init__("\n".join(lines))
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _plain(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
@@ -129,20 +133,25 @@ class TensorContract:
     def from_dict(cls, spec: Mapping[str, Any]) -> TensorContract:
         """Build from config data; :class:`ContractError` names every malformed field."""
         spec = dict(spec)
+        kind = spec.pop("kind", "tensor")  # present in to_dict() output
         allowed = {"name", "shape", "dtype", "classes", "range", "finite"}
         problems = [f"unknown key {k!r} (allowed: {sorted(allowed)})" for k in spec if k not in allowed]
         problems += [f"missing key {k!r}" for k in ("name", "shape", "dtype", "classes") if k not in spec]
+        if kind != "tensor":
+            problems.append(f"kind={kind!r}: a TensorContract has kind 'tensor'")
         if problems:
             raise ContractError("invalid data contract: " + "; ".join(problems))
         shape = spec["shape"]
-        if not (isinstance(shape, Sequence) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+        if not (isinstance(shape, Sequence) and shape and all(_is_int(d) and d > 0 for d in shape)):
             problems.append(f"shape={shape!r}: expected a non-empty list of positive integers, e.g. [1, 8, 8]")
         try:
+            if spec["dtype"] is None:  # np.dtype(None) would silently mean float64
+                raise TypeError
             np.dtype(spec["dtype"])
         except TypeError:
             problems.append(f"dtype={spec['dtype']!r}: expected a numpy dtype name such as float32")
         classes = spec["classes"]
-        if not (isinstance(classes, Sequence) and len(classes) >= 2 and all(isinstance(c, int) for c in classes)):
+        if not (isinstance(classes, Sequence) and len(classes) >= 2 and all(_is_int(c) for c in classes)):
             problems.append(f"classes={classes!r}: expected a list of at least 2 integer labels")
         elif len(set(classes)) != len(classes):
             problems.append(f"classes={list(classes)!r}: labels must be unique")

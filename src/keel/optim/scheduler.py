@@ -34,15 +34,19 @@ def build_scheduler(
             warmup) and ``warmup_start_factor``.
         optimizer: the optimizer to schedule.
         total_epochs, total_steps: the run's length, used where the config leaves
-            ``T_max`` (cosine) or ``total_steps`` (one-cycle) as null.
+            ``T_max`` (cosine: the run's length minus the warmup) or ``total_steps``
+            (one-cycle) as null, so the schedule ends with the run.
 
     Raises:
-        ValueError: warmup on ReduceLROnPlateau (it cannot be chained), or a plateau
-            scheduler without ``monitor``.
+        ValueError: an interval other than epoch/step; warmup on ReduceLROnPlateau (it
+            cannot be chained) or OneCycleLR (it warms up itself); a plateau scheduler
+            without ``monitor``; one-cycle stepping per epoch.
     """
     if spec.get("scheduler") is None:
         return None
     interval = spec["interval"]
+    if interval not in ("epoch", "step"):
+        raise ValueError(f"scheduler.interval={interval!r}: expected 'epoch' or 'step'")
     warmup = int(spec["warmup"])
     horizon = total_steps if interval == "step" else total_epochs
     partial = instantiate(spec["scheduler"])
@@ -51,6 +55,10 @@ def build_scheduler(
     keywords = partial.keywords if isinstance(partial, functools.partial) else {}
     if target is CosineAnnealingLR and keywords.get("T_max") is None:
         kwargs["T_max"] = max(horizon - warmup, 1)
+    if target is OneCycleLR and warmup:
+        raise ValueError(
+            f"scheduler.warmup={warmup}: OneCycleLR warms up itself (pct_start). Fix: scheduler.warmup=0"
+        )
     if target is OneCycleLR and keywords.get("total_steps") is None:
         if interval != "step":
             raise ValueError("OneCycleLR steps every batch: set scheduler.interval=step")

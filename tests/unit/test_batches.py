@@ -1,0 +1,138 @@
+"""IndexBatchSampler: whole-batch index tensors, per-epoch shuffle, DDP sharding."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from keel.data.batches import IndexBatchSampler
+
+
+def rows(sampler: IndexBatchSampler) -> list[int]:
+    return [int(i) for batch in sampler for i in batch]
+
+
+def test_single_process_in_order_batches():
+    s = IndexBatchSampler(10, batch_size=3, shuffle=False, seed=0)
+    batches = list(s)
+    assert [b.tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert all(b.dtype == torch.int64 for b in batches)
+    assert len(s) == len(batches) == 4
+
+
+@pytest.mark.parametrize("n,bs", [(10, 3), (12, 4), (1, 5), (7, 1)])
+def test_single_process_shuffled_yields_every_index_once(n, bs):
+    s = IndexBatchSampler(n, batch_size=bs, shuffle=True, seed=3)
+    batches = list(s)
+    assert len(s) == len(batches)
+    assert all(len(b) == bs for b in batches[:-1]) and 1 <= len(batches[-1]) <= bs
+    assert sorted(rows(s)) == list(range(n))
+
+
+def test_shuffle_depends_on_seed_and_epoch():
+    n = 64
+    s = IndexBatchSampler(n, batch_size=8, shuffle=True, seed=11)
+    epoch0 = rows(s)
+    assert epoch0 != list(range(n))
+    assert rows(s) == epoch0  # same epoch, same order
+    s.set_epoch(1)
+    epoch1 = rows(s)
+    assert epoch1 != epoch0
+    assert sorted(epoch1) == list(range(n))
+    assert rows(s) == epoch1
+    s.set_epoch(0)
+    assert rows(s) == epoch0  # the order is a function of (seed, epoch), not of history
+    other_seed = IndexBatchSampler(n, batch_size=8, shuffle=True, seed=12)
+    assert rows(other_seed) != epoch0
+    twin = IndexBatchSampler(n, batch_size=8, shuffle=True, seed=11)
+    assert rows(twin) == epoch0  # fresh instance (e.g. another rank) agrees
+
+
+def test_no_shuffle_ignores_epoch():
+    s = IndexBatchSampler(9, batch_size=4, shuffle=False, seed=0)
+    first = rows(s)
+    s.set_epoch(5)
+    assert rows(s) == first == list(range(9))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_two_ranks_without_pad_partition_the_rows(shuffle):
+    n = 11
+    r0 = IndexBatchSampler(n, batch_size=4, shuffle=shuffle, seed=2, rank=0, world_size=2, pad=False)
+    r1 = IndexBatchSampler(n, batch_size=4, shuffle=shuffle, seed=2, rank=1, world_size=2, pad=False)
+    a, b = rows(r0), rows(r1)
+    assert (len(a), len(b)) == (6, 5)
+    assert not set(a) & set(b)
+    assert sorted(a + b) == list(range(n))
+    assert len(r0) == len(list(r0)) == 2
+    assert len(r1) == len(list(r1)) == 2
+    if not shuffle:
+        assert a == [0, 2, 4, 6, 8, 10] and b == [1, 3, 5, 7, 9]
+
+
+@pytest.mark.parametrize("n,world_size", [(11, 2), (10, 3), (13, 4), (12, 4)])
+def test_pad_gives_every_rank_the_same_rows_and_batches(n, world_size):
+    samplers = [
+        IndexBatchSampler(n, batch_size=2, shuffle=True, seed=4, rank=r, world_size=world_size, pad=True)
+        for r in range(world_size)
+    ]
+    per_rank = [rows(s) for s in samplers]
+    expected_rows = -(-n // world_size)  # ceil
+    assert [len(r) for r in per_rank] == [expected_rows] * world_size
+    n_batches = [len(list(s)) for s in samplers]
+    assert n_batches == [len(s) for s in samplers] == [-(-expected_rows // 2)] * world_size
+    everything = [i for r in per_rank for i in r]
+    assert set(everything) == set(range(n))  # nothing lost
+    counts = Counter(everything)
+    assert sum(c - 1 for c in counts.values()) == expected_rows * world_size - n  # only the padding repeats
+    assert max(counts.values()) <= 2
+
+
+def test_pad_on_a_single_process_changes_nothing():
+    s = IndexBatchSampler(7, batch_size=3, shuffle=False, seed=0, pad=True)
+    assert rows(s) == list(range(7))
+    assert len(s) == 3
+
+
+def test_pad_with_fewer_rows_than_ranks_still_equalizes():
+    per_rank = [list(IndexBatchSampler(1, batch_size=1, shuffle=False, seed=0, rank=r, world_size=3, pad=True))
+                for r in range(3)]
+    assert [len(b) for b in per_rank] == [1, 1, 1]
+
+
+def test_drop_last_drops_the_partial_batch():
+    s = IndexBatchSampler(10, batch_size=3, shuffle=False, seed=0, drop_last=True)
+    batches = [b.tolist() for b in s]
+    assert batches == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert len(s) == 3
+    shuffled = IndexBatchSampler(10, batch_size=3, shuffle=True, seed=0, drop_last=True)
+    assert [len(b) for b in shuffled] == [3, 3, 3]
+    assert len(set(rows(shuffled))) == 9
+    # fewer rows than one batch: nothing at all
+    tiny = IndexBatchSampler(2, batch_size=3, shuffle=False, seed=0, drop_last=True)
+    assert len(tiny) == 0 and list(tiny) == []
+
+
+def test_drop_last_with_ranks():
+    for rank, expected in ((0, [[0, 2, 4, 6]]), (1, [[1, 3, 5, 7]])):
+        s = IndexBatchSampler(11, batch_size=4, shuffle=False, seed=0, rank=rank, world_size=2, drop_last=True)
+        assert [b.tolist() for b in s] == expected
+        assert len(s) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"batch_size": 0}, r"batch_size=0: expected >= 1"),
+        ({"batch_size": -2}, r"batch_size=-2: expected >= 1"),
+        ({"rank": 2, "world_size": 2}, r"rank=2 is outside world_size=2"),
+        ({"rank": -1, "world_size": 2}, r"rank=-1 is outside world_size=2"),
+        ({"rank": 0, "world_size": 0}, r"rank=0 is outside world_size=0"),
+    ],
+)
+def test_invalid_arguments_raise(kwargs, pattern):
+    args = {"n": 10, "batch_size": 2, "shuffle": False, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=pattern):
+        IndexBatchSampler(**args)

@@ -1,0 +1,106 @@
+"""The LightningModule: logged metric names, loss options, checkpoints as plain data."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from keel.models import Classifier
+from keel.models.metric_names import METRIC_NAMES
+from keel.pipeline import build_model
+
+
+@pytest.fixture
+def setup(compose_cfg):
+    cfg = compose_cfg("trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                      "trainer.limit_test_batches=2")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    return cfg, dm
+
+
+def _trainer(tmp_path, **kw):
+    return L.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=2, limit_test_batches=2,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, **kw,
+    )
+
+
+def test_logs_exactly_the_declared_metric_names(setup, tmp_path):
+    cfg, dm = setup
+    model = build_model(cfg, dm)
+    trainer = _trainer(tmp_path, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    m = dict(trainer.logged_metrics)
+    trainer.test(model, datamodule=dm, verbose=False)
+    m.update(trainer.logged_metrics)
+    assert set(m) == set(METRIC_NAMES)
+    assert 0.0 <= float(m["test/acc"]) <= 1.0
+    assert float(m["val/acc_best"]) >= float(m["val/acc"]) - 1e-6
+    assert float(m["val/loss_best"]) <= float(m["val/loss"]) + 1e-6
+    cm = model.confusion["test"]
+    assert len(cm) == 10 and all(len(r) == 10 for r in cm)
+    assert sum(map(sum, cm)) == 2 * cfg.data.batch_size  # two test batches, each row counted once
+
+
+def test_checkpoint_is_plain_data_and_rebuilds_the_model(setup, tmp_path):
+    cfg, dm = setup
+    model = build_model(cfg, dm)
+    trainer = _trainer(tmp_path, enable_checkpointing=True)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    ckpt = torch.load(path, weights_only=True, map_location="cpu")  # no unpickling of objects
+    assert ckpt["keel"]["contract"] == dm.contract.to_dict()
+    assert ckpt["keel"]["preprocessing"]["mean"] == pytest.approx(dm.preprocessing["mean"])
+    assert ckpt["hyper_parameters"]["net"]["_target_"] == "keel.models.nets.MLP"
+
+    restored = Classifier.load_from_checkpoint(path, weights_only=True)
+    model.eval()
+    restored.eval()
+    x, _ = next(iter(dm.test_dataloader()))
+    torch.testing.assert_close(restored(x), model(x), rtol=0, atol=0)
+
+
+def test_standardization_is_fitted_on_train_and_inside_the_model(setup):
+    cfg, dm = setup
+    model = build_model(cfg, dm)
+    train_x = dm._data["train"].tensors[0]
+    z = model.preprocess(train_x)
+    assert float(z.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(z.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_balanced_class_weights_and_label_smoothing(compose_cfg):
+    cfg = compose_cfg("model.loss.class_weights=balanced", "model.loss.label_smoothing=0.1")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    model = build_model(cfg, dm)
+    counts = dm.class_counts("train")
+    expected = [sum(counts) / (len(counts) * c) for c in counts]
+    assert model.class_weights.tolist() == pytest.approx(expected)
+    assert model.hparams.loss["class_weights"] == pytest.approx(expected)
+    assert model.label_smoothing == 0.1
+
+
+def test_class_weight_count_must_match_classes(compose_cfg):
+    cfg = compose_cfg("model.loss.class_weights=[1.0,2.0]")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    with pytest.raises(ValueError, match="class_weights has 2 values but the data has 10 classes"):
+        build_model(cfg, dm)
+
+
+def test_no_decay_groups_reach_the_optimizer(compose_cfg, tmp_path):
+    cfg = compose_cfg("optimizer=adamw", "model.no_decay_bias_norm=true", "scheduler=none")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    model = build_model(cfg, dm)
+    trainer = _trainer(tmp_path, enable_checkpointing=False, max_steps=1)
+    trainer.fit(model, datamodule=dm)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["decay", "no_decay"]
+    assert groups[0]["weight_decay"] == cfg.optimizer.weight_decay and groups[1]["weight_decay"] == 0.0

@@ -1,0 +1,119 @@
+"""Every file under conf/ is composed and instantiated here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from keel.config import ConfigError, validate_config
+from keel.config.machine import check_machine
+from keel.optim import build_scheduler
+from keel.pipeline import _instantiate_group, build_model
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+ALL = [(g, o) for g in GROUPS for o in _options(g)]
+
+
+def test_every_config_file_is_covered():
+    on_disk = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")} - {"train.yaml"}
+    covered = {f"{g}/{o}.yaml" for g, o in ALL}
+    assert on_disk == covered, f"untested config files: {sorted(on_disk - covered)}"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """One set-up digits DataModule shared by the tests of this module."""
+    from keel.config import register_resolvers
+
+    register_resolvers()
+    cfg = OmegaConf.load(CONF / "data" / "digits.yaml")
+    cfg.seed = 0
+    dm = instantiate(cfg)
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize("group,option", ALL, ids=[f"{g}/{o}" for g, o in ALL])
+def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tmp_path):
+    overrides = [] if group in ("paths", "hydra") else [f"{group}={option}"]
+    cfg = compose_cfg(*overrides)
+    if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
+        validate_config(cfg)
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu: no CUDA GPU is visible"):
+            check_machine(cfg)
+        return
+    validate_config(cfg)
+    check_machine(cfg)
+
+    if group == "data":
+        dm = instantiate(cfg.data)
+        dm.setup()
+        assert dm.contract.num_classes == len(cfg.data.contract.classes)
+        x, y = next(iter(dm.train_dataloader()))
+        assert tuple(x.shape[1:]) == tuple(cfg.data.contract.shape) and len(x) == cfg.data.batch_size
+        return
+
+    model = build_model(cfg, digits)
+    x, y = next(iter(digits.train_dataloader()))
+    assert model(x).shape == (len(x), digits.contract.num_classes)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr)
+    sched = build_scheduler(OmegaConf.to_container(cfg.scheduler, resolve=True), optimizer, 10, 200)
+    assert (sched is None) == (cfg.scheduler.scheduler is None)
+
+    callbacks = _instantiate_group(cfg.callbacks, "callbacks")
+    loggers = _instantiate_group(cfg.logger, "logger")
+    if group == "callbacks":
+        assert len(callbacks) == len(cfg.callbacks or {})
+        names = {type(c).__name__ for c in callbacks}
+        expected = {"default": {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar"}, "none": set()}
+        if option in expected:
+            assert names == expected[option]
+    if group == "logger":
+        assert len(loggers) == (0 if option == "none" else 1)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=any(
+        type(c).__name__ == "ModelCheckpoint" for c in callbacks))
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    if group == "debug":
+        assert trainer.limit_train_batches == cfg.trainer.limit_train_batches
+
+
+def test_hydra_run_dirs_are_unique_per_process(compose_cfg):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True)
+    from keel.config.resolvers import _uid
+
+    uid = _uid()
+    assert re.fullmatch(r"[0-9a-f]{6}", uid)
+    assert re.fullmatch(rf"outputs/train/runs/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_{uid}", cfg.hydra.run.dir)
+    assert re.fullmatch(rf"outputs/train/multiruns/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_{uid}", cfg.hydra.sweep.dir)
+
+
+def test_experiment_overrides_groups(compose_cfg):
+    cfg = compose_cfg("experiment=digits_cnn")
+    assert cfg.model.net._target_ == "keel.models.nets.CNN"
+    assert cfg.optimizer._target_ == "torch.optim.AdamW"
+    assert cfg.scheduler.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
+    assert cfg.model.no_decay_bias_norm is True
+
+
+def test_model_shapes_come_from_the_data_contract(compose_cfg):
+    cfg = compose_cfg("model=cnn", "data.contract.classes=[0,1,2]", "data.contract.shape=[3,16,16]")
+    assert list(cfg.model.net.input_shape) == [3, 16, 16]
+    assert cfg.model.net.num_classes == 3

@@ -55,6 +55,12 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Any:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     module_cls = get_class(model_cfg.pop("_target_"))
     model_cfg.pop("_recursive_", None)
+    net = model_cfg["net"]
+    # null in the config: known only after setup (a contract inferred from the file)
+    if net.get("input_shape", "") is None:
+        net["input_shape"] = datamodule.net_input_shape
+    if net.get("num_classes", "") is None:
+        net["num_classes"] = datamodule.contract.num_classes
     model_cfg["loss"]["class_weights"] = _class_weights(cfg, datamodule.class_counts("train"))
     return module_cls(
         **model_cfg,
@@ -62,6 +68,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Any:
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         preprocessing=datamodule.preprocessing,
         contract=datamodule.contract.to_dict(),
+        reference=datamodule.reference or None,
     )
 
 
@@ -110,8 +117,12 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    from lightning.pytorch.utilities import rank_zero_only
+
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    if rank_zero_only.rank == 0:
+        _write_data_reports(output_dir, datamodule)
     model = build_model(cfg, datamodule)
 
     loggers = _instantiate_group(cfg.get("logger"), "logger")
@@ -133,6 +144,9 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.num_devices * trainer.num_nodes > 1 and trainer.strategy.root_device.type == "cpu":
         # One process per device shares the cores: N processes x all cores threads thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
+
+    if trainer.is_global_zero:
+        _log_data_reports(loggers, datamodule)
 
     with hydra_ddp_relaunch(str(output_dir)):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -178,6 +192,46 @@ def train(cfg: DictConfig) -> float | None:
             f"Logged: {', '.join(sorted(metrics))}"
         )
     return metrics[cfg.optimized_metric]
+
+
+def _write_data_reports(output_dir: Path, datamodule: Any) -> None:
+    """The run's data record: the contract used, every split's contract report (with what was
+    dropped) and the drift/leakage report, under ``<run>/data/``."""
+    import yaml
+
+    out = output_dir / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "contract.yaml").write_text(yaml.safe_dump(datamodule.contract.to_dict(), sort_keys=False))
+    _write_json(out / "contract_report.json", datamodule.data_report())
+    if datamodule.drift:
+        _write_json(out / "drift_report.json", datamodule.drift)
+
+
+def _log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 64) -> None:
+    """Drift and leakage to TensorBoard: per split summaries, label shift, leakage counts and
+    per-feature PSI/JS (raw values, not only alerts) for up to ``max_features`` features."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    drift = datamodule.drift
+    for lg in loggers:
+        if not isinstance(lg, TensorBoardLogger) or not drift:
+            continue
+        w = lg.experiment
+        for split, r in drift["splits"].items():
+            summary = r["summary"]
+            w.add_scalar(f"drift/{split}/psi_max", summary["max_psi"], 0)
+            w.add_scalar(f"drift/{split}/psi_mean", summary["mean_psi"], 0)
+            w.add_scalar(f"drift/{split}/features_warn", summary["n_warn"], 0)
+            w.add_scalar(f"drift/{split}/features_alert", summary["n_alert"], 0)
+            if "labels" in r:
+                w.add_scalar(f"drift/{split}/label_js", r["labels"]["js"], 0)
+            if "leakage" in r:
+                w.add_scalar(f"drift/{split}/leaked_rows", r["leakage"]["count"], 0)
+            for name, f in list(r["features"].items())[:max_features]:
+                value = f["psi"] if f["kind"] == "numeric" else f["js"]
+                w.add_scalar(f"drift_features/{split}/{name}", value, 0)
+        dropped = datamodule.dropped.get("total", 0) if datamodule.dropped else 0
+        w.add_scalar("data/dropped_rows", dropped, 0)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -16,7 +18,7 @@ from keel.optim import build_scheduler
 from keel.pipeline import _instantiate_group, build_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug"]
+GROUPS = ["data", "data/contract", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug"]
 
 
 def _options(group: str) -> list[str]:
@@ -30,6 +32,26 @@ def test_every_config_file_is_covered():
     on_disk = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")} - {"train.yaml"}
     covered = {f"{g}/{o}.yaml" for g, o in ALL}
     assert on_disk == covered, f"untested config files: {sorted(on_disk - covered)}"
+
+
+def _data_files(group: str, option: str, tmp_path: Path) -> list[str]:
+    """Tiny local files for data configs that read the user's files; their overrides."""
+    if group == "data" and option == "mnist":
+        from keel.data.idx import write_idx
+
+        rng = np.random.default_rng(0)
+        for name, n in (("train", 200), ("t10k", 50)):
+            write_idx(tmp_path / f"{name}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+            write_idx(tmp_path / f"{name}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+        return [f"data.root={tmp_path}"]
+    if group == "data" and option == "csv":
+        rng = np.random.default_rng(0)
+        df = pd.DataFrame({"a": rng.normal(size=300), "b": rng.choice(["x", "y"], 300), "label": rng.integers(0, 3, 300)})
+        df.to_csv(tmp_path / "t.csv", index=False)
+        return [f"data.path={tmp_path / 't.csv'}", "data.target=label"]
+    if group == "data/contract":
+        return ["data=breast_cancer"]
+    return []
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +70,7 @@ def digits():
 @pytest.mark.parametrize("group,option", ALL, ids=[f"{g}/{o}" for g, o in ALL])
 def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tmp_path):
     overrides = [] if group in ("paths", "hydra") else [f"{group}={option}"]
+    overrides += _data_files(group, option, tmp_path)
     cfg = compose_cfg(*overrides)
     if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
         validate_config(cfg)
@@ -57,12 +80,15 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     validate_config(cfg)
     check_machine(cfg)
 
-    if group == "data":
+    if group in ("data", "data/contract"):
         dm = instantiate(cfg.data)
         dm.setup()
-        assert dm.contract.num_classes == len(cfg.data.contract.classes)
+        if cfg.data.contract is not None:
+            assert dm.contract.num_classes == len(cfg.data.contract.classes)
         x, y = next(iter(dm.train_dataloader()))
-        assert tuple(x.shape[1:]) == tuple(cfg.data.contract.shape) and len(x) == cfg.data.batch_size
+        assert list(x.shape[1:]) == list(dm.contract.shape) and len(x) == cfg.data.batch_size
+        model = build_model(cfg, dm)
+        assert model(x).shape == (len(x), dm.contract.num_classes)
         return
 
     model = build_model(cfg, digits)

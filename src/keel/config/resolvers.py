@@ -1,8 +1,14 @@
-"""OmegaConf resolvers used by conf/: registered by train.py before Hydra composes."""
+"""OmegaConf resolvers used by conf/: registered by train.py before Hydra composes.
+
+They stay light (omegaconf only): composing a config must not import torch, pandas or data.
+"""
+
+from __future__ import annotations
 
 import secrets
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 # One id per process: every directory this process names with it is its own, and two
 # processes started in the same second never share a run directory.
@@ -13,12 +19,43 @@ def _uid() -> str:
     return _PROCESS_UID
 
 
+def table_input_width(columns: Any) -> int:
+    """Width of a table row after the model's preprocessing (``TabularPreprocess``): numeric
+    columns 1 (+1 missing indicator when nullable), category columns ``categories + 1``."""
+    width = 0
+    for spec in columns.values():
+        if spec.get("dtype") == "category":
+            width += len(spec.get("categories") or ()) + 1
+        else:
+            width += 2 if spec.get("nullable", False) else 1
+    return width
+
+
+def _net_input(contract: DictConfig | None) -> list[int] | None:
+    """The net's input shape from a data contract; None when the contract is inferred at setup."""
+    if contract is None or isinstance(contract, str):  # inferred, or a YAML file read at setup
+        return None
+    if contract.get("kind", "tensor") == "table":
+        return [table_input_width(contract.columns)]
+    return list(contract.shape)
+
+
+def _num_classes(contract: DictConfig | None) -> int | None:
+    return None if contract is None or isinstance(contract, str) else len(contract.classes)
+
+
 def register_resolvers() -> None:
-    """Register ``${len:...}`` and ``${keel.uid:}``; safe to call more than once."""
-    if not OmegaConf.has_resolver("len"):
-        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
-    if not OmegaConf.has_resolver("keel.uid"):
-        OmegaConf.register_new_resolver("keel.uid", _uid)
+    """Register ``${len:..}``, ``${keel.uid:}``, ``${keel.net_input:..}``, ``${keel.num_classes:..}``;
+    safe to call more than once."""
+    resolvers = {
+        "len": lambda seq: len(seq),
+        "keel.uid": _uid,
+        "keel.net_input": _net_input,
+        "keel.num_classes": _num_classes,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
-__all__ = ["register_resolvers"]
+__all__ = ["register_resolvers", "table_input_width"]

@@ -5,6 +5,13 @@ from typing import Any
 
 _EXPORTS = {
     "DigitsDataModule": "keel.data.digits",
+    "MNISTDataModule": "keel.data.mnist",
+    "TableDataModule": "keel.data.table",
+    "BreastCancerDataModule": "keel.data.table",
+    "TableContract": "keel.data.table_contract",
+    "infer_contract": "keel.data.table_contract",
+    "read_table": "keel.data.table",
+    "contract_from_dict": "keel.data.contract",
     "InMemoryDataModule": "keel.data.in_memory",
     "IndexBatchSampler": "keel.data.batches",
     "TensorContract": "keel.data.contract",

@@ -30,8 +30,13 @@ class Violation:
     total: int
     examples: tuple[tuple[int, Any], ...] = ()
     detail: str = ""
+    # Source row ids of every failing row (None: the rule fails the whole split, e.g. a
+    # missing column). Used to drop rows; not part of the printed or stored report.
+    rows: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
+        if self.rule in ("missing-columns", "extra-columns"):
+            return f"{self.rule}: {self.feature} ({self.detail})"
         ex = ", ".join(f"row {i}: {v}" for i, v in self.examples)
         text = f"{self.rule} on {self.feature}: {self.failing} of {self.total} rows fail"
         if self.detail:
@@ -53,6 +58,16 @@ class ContractReport:
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    @property
+    def droppable(self) -> bool:
+        """Whether every violation is row-level, so dropping failing rows repairs the split."""
+        return all(v.rows is not None for v in self.violations)
+
+    def failing_rows(self) -> np.ndarray:
+        """Sorted unique source row ids that fail any row-level rule."""
+        parts = [np.asarray(v.rows) for v in self.violations if v.rows is not None]
+        return np.unique(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,6 +206,18 @@ class TensorContract:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.classes]
+
+    def encode_labels(self, y: Any) -> np.ndarray:
+        """Labels -> int64 class indices in ``classes`` order (call after a clean check)."""
+        y = np.asarray(y)
+        order = np.argsort(self.classes)
+        sorted_classes = np.asarray(self.classes)[order]
+        pos = np.searchsorted(sorted_classes, y)
+        return order[np.clip(pos, 0, len(order) - 1)].astype(np.int64)
+
     def check(self, x: Any, y: Any | None, split: str, row_ids: Any | None = None) -> ContractReport:
         """Check features ``x`` (N, *shape) and labels ``y`` (N,); return every violation.
 
@@ -202,7 +229,10 @@ class TensorContract:
             return report
         ids = np.asarray(row_ids)
         remapped = tuple(
-            Violation(v.rule, v.feature, v.failing, v.total, tuple((int(ids[i]), val) for i, val in v.examples), v.detail)
+            Violation(
+                v.rule, v.feature, v.failing, v.total, tuple((int(ids[i]), val) for i, val in v.examples), v.detail,
+                None if v.rows is None else ids[v.rows],
+            )
             for v in report.violations
         )
         return ContractReport(report.contract, report.split, report.rows, remapped)
@@ -229,7 +259,9 @@ class TensorContract:
                     rows = np.flatnonzero(bad.any(axis=1))
                     if rows.size:
                         first = flat[rows, bad[rows].argmax(axis=1)]
-                        out.append(Violation("finite", "x", int(rows.size), n, _examples(rows, first), "NaN or Inf"))
+                        out.append(
+                            Violation("finite", "x", int(rows.size), n, _examples(rows, first), "NaN or Inf", rows)
+                        )
             if self.range is not None:
                 lo, hi = self.range
                 with np.errstate(invalid="ignore"):
@@ -239,7 +271,9 @@ class TensorContract:
                     sub = flat[rows]
                     first = sub[np.arange(rows.size), (below[rows] | above[rows]).argmax(axis=1)]
                     out.append(
-                        Violation("range", "x", int(rows.size), n, _examples(rows, first), f"allowed [{lo:g}, {hi:g}]")
+                        Violation(
+                            "range", "x", int(rows.size), n, _examples(rows, first), f"allowed [{lo:g}, {hi:g}]", rows
+                        )
                     )
         if y is not None:
             out += self._check_labels(np.asarray(y), n)
@@ -252,10 +286,12 @@ class TensorContract:
         if np.issubdtype(y.dtype, np.floating):
             nan = np.flatnonzero(~np.isfinite(y))
             if nan.size:
-                out.append(Violation("finite", "label", int(nan.size), n, _examples(nan, y[nan]), "NaN or Inf label"))
+                out.append(
+                    Violation("finite", "label", int(nan.size), n, _examples(nan, y[nan]), "NaN or Inf label", nan)
+                )
             frac = np.flatnonzero(np.isfinite(y) & (y != np.round(y)))
             if frac.size:
-                out.append(Violation("integer", "label", int(frac.size), n, _examples(frac, y[frac])))
+                out.append(Violation("integer", "label", int(frac.size), n, _examples(frac, y[frac]), "", frac))
         elif not np.issubdtype(y.dtype, np.integer):
             return out + [Violation("dtype", "label", n, n, detail=f"dtype {y.dtype}, expected integers")]
         with np.errstate(invalid="ignore"):
@@ -264,7 +300,7 @@ class TensorContract:
             out.append(
                 Violation(
                     "classes", "label", int(unknown.size), n, _examples(unknown, y[unknown]),
-                    f"allowed {list(self.classes)}",
+                    f"allowed {list(self.classes)}", unknown,
                 )
             )
         return out
@@ -277,4 +313,18 @@ class TensorContract:
         return report
 
 
-__all__ = ["ContractError", "ContractReport", "ContractViolationError", "TensorContract", "Violation"]
+def contract_from_dict(spec: Mapping[str, Any]) -> Any:
+    """Build a :class:`TensorContract` or a ``TableContract`` from config data by its ``kind``."""
+    kind = spec.get("kind", "tensor")
+    if kind == "table":
+        from keel.data.table_contract import TableContract
+
+        return TableContract.from_dict(spec)
+    if kind == "tensor":
+        return TensorContract.from_dict(spec)
+    raise ContractError(f"invalid data contract: kind={kind!r}: expected 'tensor' or 'table'")
+
+
+__all__ = [
+    "ContractError", "ContractReport", "ContractViolationError", "TensorContract", "Violation", "contract_from_dict",
+]

@@ -1,9 +1,10 @@
-"""Base DataModule for datasets that fit in memory: split, contract check, fast loaders."""
+"""Base DataModule for datasets that fit in memory: split, contract check, drift, fast loaders."""
 
 from __future__ import annotations
 
 import logging
 from abc import abstractmethod
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,35 +14,84 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from keel.data.batches import IndexBatchSampler
-from keel.data.contract import ContractReport, ContractViolationError, TensorContract, Violation
-from keel.data.split import stratified_split
+from keel.data.contract import ContractReport, ContractViolationError, Violation, contract_from_dict
+from keel.data.split import stratified_holdout, stratified_split
+from keel.errors import KeelError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+ON_VIOLATION = ("raise", "drop")
+# Above this many flattened values per sample, drift is computed on per-channel summaries
+# (mean/std/min/max of each sample) instead of on every value.
+MAX_DRIFT_FEATURES = 256
+
+
+def load_contract_spec(contract: Mapping[str, Any] | str) -> dict[str, Any]:
+    """A contract given inline (a mapping) or as the path of a YAML file, as a dict."""
+    if not isinstance(contract, str):
+        return dict(contract)
+    import yaml
+
+    path = Path(contract)
+    if not path.is_file():
+        raise KeelError(f"data.contract={contract!r}: no such file. Fix: a contract YAML path or a conf/data/contract option")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise KeelError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(spec, dict):
+        raise KeelError(f"{path}: expected a contract mapping, got {type(spec).__name__}")
+    return spec
+
+
+def tensor_drift_columns(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Numeric drift features of tensor samples ``(N, *shape)``: every value (``x0``, ``x1``, ...
+    in flattened order) up to MAX_DRIFT_FEATURES values per sample, else per-channel
+    summaries of each sample (``c0.mean``, ``c0.std``, ``c0.min``, ``c0.max``, ...)."""
+    x = np.asarray(x, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    if flat.shape[1] <= MAX_DRIFT_FEATURES:
+        return {f"x{i}": flat[:, i] for i in range(flat.shape[1])}
+    per_ch = x.reshape(len(x), x.shape[1] if x.ndim > 2 else 1, -1)
+    cols = {}
+    for c in range(per_ch.shape[1]):
+        for stat in ("mean", "std", "min", "max"):
+            cols[f"c{c}.{stat}"] = getattr(per_ch[:, c, :], stat)(axis=1)
+    return cols
 
 
 class InMemoryDataModule(L.LightningDataModule):
     """Reads all rows once, splits them (seeded, stratified), checks every split against the
-    contract, fits standardization on the train split and serves whole batches by tensor
-    indexing. Subclasses implement :meth:`load`.
+    contract, computes drift and leakage between the train split and the others, fits the
+    model's input preprocessing on the train split and serves whole batches by tensor
+    indexing.
+
+    Subclasses implement :meth:`load`; this class handles features given as an array
+    ``(N, *contract.shape)`` (``TableDataModule`` overrides the hooks for data frames).
 
     Args:
-        contract: the data contract as config data (see :class:`TensorContract`).
+        contract: the data contract as config data (``kind`` tensor or table), or the path of
+            a contract YAML file (e.g. written by ``keel contract infer``).
         batch_size: rows per batch on each process.
         val_fraction, test_fraction: fractions of all rows held out.
         split_seed: seed of the split (independent of the run seed).
         seed: seed of the per-epoch shuffle (the run seed).
         num_workers, pin_memory: DataLoader settings.
-        on_violation: ``raise``: stop before training and list every violation.
+        on_violation: ``raise``: stop before training, listing every violation; ``drop``:
+            remove the failing rows, log how many and why (the report is kept in
+            :attr:`dropped` and written to the run directory).
+        class_weights: ``null`` or ``balanced``: read by the model's loss by interpolation.
+        drift: drift thresholds (see :class:`keel.data.drift.DriftThresholds`) and ``enabled``.
 
     Raises:
-        ContractViolationError: in :meth:`setup`, when any split breaks the contract.
+        ContractViolationError: in :meth:`setup`, when a split breaks the contract and the
+            violations cannot (or may not) be repaired by dropping rows.
     """
 
     def __init__(
         self,
-        contract: Mapping[str, Any],
+        contract: Mapping[str, Any] | None,
         batch_size: int = 64,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
@@ -50,78 +100,226 @@ class InMemoryDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         on_violation: str = "raise",
+        class_weights: Any = None,
+        drift: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if on_violation != "raise":
-            raise ValueError(f"on_violation={on_violation!r}: expected 'raise'")
-        self.contract = TensorContract.from_dict(contract)
+        if on_violation not in ON_VIOLATION:
+            raise KeelError(f"data.on_violation={on_violation!r}: expected one of {list(ON_VIOLATION)}")
+        self.contract = None if contract is None else contract_from_dict(load_contract_spec(contract))
         self.batch_size = batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.seed = split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.reports: dict[str, ContractReport] = {}
-        self._data: dict[str, TensorDataset] = {}
-        self._labels: dict[str, np.ndarray] = {}
-        self._mean: list[float] = []
-        self._std: list[float] = []
+        self.on_violation = on_violation
+        self.class_weights = class_weights
+        drift = dict(drift or {})
+        self.drift_enabled = bool(drift.pop("enabled", True))
+        from keel.data.drift import DriftThresholds
 
+        self.drift_thresholds = DriftThresholds.from_dict(drift)
+        self.reports: dict[str, ContractReport] = {}
+        self.dropped: dict[str, Any] = {}
+        self.drift: dict[str, Any] = {}
+        self.reference: dict[str, Any] = {}
+        self._data: dict[str, TensorDataset] = {}
+        self._preprocessing: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
-    def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """Return all rows: features ``(N, *contract.shape)`` and integer labels ``(N,)``."""
+    def load(self) -> tuple[Any, Any]:
+        """Return all rows: features ``(N, *contract.shape)`` and labels ``(N,)``."""
+
+    def test_rows(self) -> np.ndarray | None:
+        """Rows that form a predefined test split (e.g. MNIST's t10k), or None to split."""
+        return None
 
     @property
     def source(self) -> str:
         """Where the rows come from, for error messages."""
         return type(self).__name__
 
+    def _infer_contract(self, features: Any, labels: Any) -> Any:
+        raise KeelError(f"{type(self).__name__} needs a data contract (data.contract)")
+
+    def _check(self, features: Any, labels: Any, idx: np.ndarray, split: str) -> ContractReport:
+        return self.contract.check(features[idx], labels[idx], split, row_ids=idx)
+
+    def _encode(self, features: Any, labels: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(features[idx], dtype=np.float32)
+        return x, self.contract.encode_labels(labels[idx])
+
+    def _fit_preprocessing(self, x_train: np.ndarray) -> dict[str, Any]:
+        # Per channel for images ([C, H, W]), per feature for flat samples ([F]).
+        axes = (0,) + tuple(range(2, x_train.ndim))
+        xf = x_train.astype(np.float64)
+        std = np.maximum(xf.std(axis=axes, ddof=1) if len(xf) > 1 else np.ones(x_train.shape[1]), 1e-6)
+        return {
+            "type": "standardize",
+            "mean": xf.mean(axis=axes).tolist(),
+            "std": std.tolist(),
+            "sample_ndim": x_train.ndim - 1,
+        }
+
+    def _drift_columns(self, features: Any, idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        cols = tensor_drift_columns(features[idx])
+        return cols, {k: "numeric" for k in cols}
+
+    def _raw_labels(self, labels: Any, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(labels)[idx]
+
+    # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
-        """Load, split and check every split once (later calls are no-ops)."""
+        """Load, split, check, drift-check and encode every split once (later calls are no-ops)."""
         if self._data:
             return
-        x, y = self.load()
-        if len(x) != len(y):
+        features, labels = self.load()
+        n = len(labels)
+        if len(features) != n:
             raise ContractViolationError(
-                [ContractReport(self.contract.name, "all", len(x), (_length_violation(len(x), len(y)),))], self.source
+                [ContractReport(self._contract_name(), "all", len(features), (
+                    Violation("shape", "label", abs(len(features) - n), len(features),
+                              detail=f"{len(features)} feature rows but {n} labels"),))],
+                self.source,
             )
-        parts = stratified_split(np.asarray(y), self.val_fraction, self.test_fraction, self.split_seed)
-        reports = {name: self.contract.check(x[idx], y[idx], name, row_ids=idx) for name, idx in parts.items()}
+        if self.contract is None:
+            self.contract = self._infer_contract(features, labels)
+            log.warning(
+                "data: no contract given; inferred one from %s (every value seen is allowed). Pin it with "
+                "`keel contract infer` and data.contract (a copy is in the run's data/contract.yaml)", self.source,
+            )
+        parts = self._split(labels)
+        reports: dict[str, ContractReport] = {}
+        for name in SPLITS:
+            reports[name] = self._check(features, labels, parts[name], name)
         self.reports = reports
-        if any(not r.ok for r in reports.values()):
-            raise ContractViolationError(list(reports.values()), self.source)
-        for name, idx in parts.items():
-            xs = torch.from_numpy(np.ascontiguousarray(x[idx]))
-            ys = torch.from_numpy(np.asarray(y[idx]).astype(np.int64))
-            self._data[name] = TensorDataset(xs, ys)
-            self._labels[name] = np.asarray(y[idx])
-        self._fit_standardization(self._data["train"].tensors[0])
+        bad = [r for r in reports.values() if not r.ok]
+        if bad:
+            if self.on_violation == "raise" or not all(r.droppable for r in bad):
+                raise ContractViolationError(list(reports.values()), self.source)
+            parts = self._drop(parts, reports)
+        x = {}
+        for name in SPLITS:
+            xs, ys = self._encode(features, labels, parts[name])
+            x[name] = xs
+            ys = np.require(ys, dtype=np.int64, requirements=["C", "W"])  # pandas may hand out read-only views
+            self._data[name] = TensorDataset(torch.from_numpy(xs), torch.from_numpy(ys))
+        self._preprocessing = self._fit_preprocessing(x["train"])
+        if self.drift_enabled:
+            self._compute_drift(features, labels, parts, x)
         log.info(
-            "data %s: %s rows -> train %d, val %d, test %d; contract %r holds on every split",
-            self.source, len(x), *(len(self._data[s]) for s in SPLITS), self.contract.name,
+            "data %s: %d rows -> train %d, val %d, test %d; contract %r checked on every split%s",
+            self.source, n, *(len(self._data[s]) for s in SPLITS), self.contract.name,
+            f"; dropped {self.dropped['total']} rows" if self.dropped else "",
         )
 
-    def _fit_standardization(self, x: torch.Tensor) -> None:
-        # Per channel for images ([C, H, W]), per feature for flat samples ([F]).
-        axis_dims = [0] + list(range(2, x.ndim))
-        xf = x.double()
-        self._mean = xf.mean(dim=axis_dims).tolist()
-        std = xf.std(dim=axis_dims).clamp_min(1e-6)
-        self._std = std.tolist()
+    def _contract_name(self) -> str:
+        return self.contract.name if self.contract is not None else "inferred"
 
+    def _split(self, labels: Any) -> dict[str, np.ndarray]:
+        # Stratify on the label's text so that invalid labels (reported later) still split.
+        strata = np.unique(np.asarray(labels).astype(str), return_inverse=True)[1]
+        fixed = self.test_rows()
+        if fixed is None:
+            return stratified_split(strata, self.val_fraction, self.test_fraction, self.split_seed)
+        fixed = np.sort(np.asarray(fixed, dtype=np.int64))
+        rest = np.setdiff1d(np.arange(len(strata)), fixed)
+        keep, hold = stratified_holdout(strata[rest], self.val_fraction, self.split_seed)
+        return {"train": rest[keep], "val": rest[hold], "test": fixed}
+
+    def _drop(self, parts: dict[str, np.ndarray], reports: dict[str, ContractReport]) -> dict[str, np.ndarray]:
+        out, per_split, total = {}, {}, 0
+        for name, idx in parts.items():
+            report = reports[name]
+            rows = report.failing_rows()
+            out[name] = np.setdiff1d(idx, rows)
+            if rows.size:
+                per_split[name] = {
+                    "dropped": int(rows.size),
+                    "kept": int(out[name].size),
+                    "by_rule": {f"{v.rule} on {v.feature}": v.failing for v in report.violations},
+                    "rows": rows.tolist(),
+                }
+                total += int(rows.size)
+                log.warning(
+                    "data.on_violation=drop: dropped %d of %d rows of split %r (%s)", rows.size, idx.size, name,
+                    "; ".join(f"{v.rule} on {v.feature}: {v.failing}" for v in report.violations),
+                )
+            if out[name].size == 0:
+                raise KeelError(
+                    f"data.on_violation=drop removed every row of split {name!r}: the data does not match the "
+                    "contract at all. Fix: check data.contract against the file (keel contract check)"
+                )
+        self.dropped = {"total": total, "splits": per_split}
+        return out
+
+    def _compute_drift(self, features: Any, labels: Any, parts: dict[str, np.ndarray], x: dict[str, np.ndarray]) -> None:
+        from keel.data.drift import drift_report
+
+        ref_cols, kinds = self._drift_columns(features, parts["train"])
+        split_cols = {s: self._drift_columns(features, parts[s])[0] for s in ("val", "test")}
+        classes = list(self.contract.classes)
+        report = drift_report(
+            ref_cols, kinds, split_cols,
+            reference_labels=self._raw_labels(labels, parts["train"]),
+            split_labels={s: self._raw_labels(labels, parts[s]) for s in ("val", "test")},
+            classes=classes,
+            thresholds=self.drift_thresholds,
+            reference_rows=x["train"].reshape(len(x["train"]), -1),
+            split_rows={s: x[s].reshape(len(x[s]), -1) for s in ("val", "test")},
+        )
+        # PSI of two samples from the same distribution is about (bins - 1) * (1/n_ref + 1/n_cur)
+        # (its chi-square approximation): small splits drift by noise alone. Recorded beside the values.
+        bins = self.drift_thresholds.bins
+        for split, r in report["splits"].items():
+            r["summary"]["psi_noise_floor"] = (bins - 1) * (1 / max(len(parts["train"]), 1) + 1 / max(len(parts[split]), 1))
+        self.drift = report
+        self.reference = report["reference"]
+        for split, r in report["splits"].items():
+            leak = (r.get("leakage") or {}).get("count", 0)
+            summary = r["summary"]
+            if summary["n_alert"] or leak:
+                log.warning(
+                    "drift train->%s: %d features alert (PSI >= %g), %d warn (PSI from sampling noise alone at "
+                    "these sizes: ~%.3f); %d rows also in train (leakage)",
+                    split, summary["n_alert"], self.drift_thresholds.psi_alert, summary["n_warn"],
+                    summary["psi_noise_floor"], leak,
+                )
+
+    # ------------------------------------------------------------------ what the model needs
     @property
     def preprocessing(self) -> dict[str, Any]:
-        """Standardization fitted on the train split, as plain data (stored in checkpoints)."""
-        if not self._mean:
+        """The model's input preprocessing fitted on the train split, as plain data."""
+        if not self._preprocessing:
             raise RuntimeError("call setup() before reading preprocessing")
-        return {"mean": self._mean, "std": self._std, "sample_ndim": len(self.contract.shape)}
+        return self._preprocessing
+
+    @property
+    def net_input_shape(self) -> list[int]:
+        """Shape of one sample after the model's preprocessing (the net's input)."""
+        return list(self.contract.shape)
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Rows per class of ``split``, in contract class order."""
-        labels = self._labels[split]
-        return [int((labels == c).sum()) for c in self.contract.classes]
+        y = self._data[split].tensors[1]
+        return torch.bincount(y, minlength=self.contract.num_classes).tolist()
 
     def split_sizes(self) -> dict[str, int]:
         return {s: len(d) for s, d in self._data.items()}
 
+    def data_report(self) -> dict[str, Any]:
+        """Contract reports of every split and what was dropped, as plain data (for JSON)."""
+        return {
+            "source": self.source,
+            "contract": self.contract.to_dict(),
+            "fingerprint": self.contract.fingerprint(),
+            "on_violation": self.on_violation,
+            "splits": {k: r.to_dict() for k, r in self.reports.items()},
+            "split_sizes": self.split_sizes(),
+            "dropped": self.dropped or {"total": 0, "splits": {}},
+        }
+
+    # ------------------------------------------------------------------ loaders
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
@@ -149,7 +347,3 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
-
-
-def _length_violation(nx: int, ny: int) -> Violation:
-    return Violation("shape", "label", abs(nx - ny), nx, detail=f"{nx} feature rows but {ny} labels")

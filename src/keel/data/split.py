@@ -37,3 +37,27 @@ def stratified_split(
         parts["test"].append(idx[n_val : n_val + n_test])
         parts["train"].append(idx[n_val + n_test :])
     return {k: np.sort(np.concatenate(v)) if v else np.array([], dtype=np.int64) for k, v in parts.items()}
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions ``0..len(labels)-1`` into ``(keep, holdout)``, ``fraction`` of each class
+    held out (at least one row of each class with 3 or more rows). Both arrays sorted.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction}: expected a value in (0, 1)")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    keep, hold = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_hold = int(round(idx.size * fraction))
+        if idx.size >= 3:
+            n_hold = max(n_hold, 1)
+        n_hold = min(n_hold, max(idx.size - 1, 0))
+        hold.append(idx[:n_hold])
+        keep.append(idx[n_hold:])
+    empty = np.array([], dtype=np.int64)
+    return (np.sort(np.concatenate(keep)) if keep else empty, np.sort(np.concatenate(hold)) if hold else empty)

@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassAUROC,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassPrecision,
@@ -20,7 +21,7 @@ from torchmetrics.classification import (
 )
 
 from keel.models.metric_names import PER_SPLIT, SPLITS
-from keel.models.nets.standardize import Standardize
+from keel.models.nets.preprocess import build_preprocess
 from keel.optim import build_scheduler, param_groups
 
 
@@ -31,6 +32,9 @@ def _split_metrics(num_classes: int) -> MetricCollection:
             "f1": MulticlassF1Score(num_classes, average="macro"),
             "precision": MulticlassPrecision(num_classes, average="macro"),
             "recall": MulticlassRecall(num_classes, average="macro"),
+            # Exact (keeps the epoch's probabilities). The binned variant takes ~18 s per batch
+            # under trainer.deterministic=true (torchmetrics' deterministic fallback).
+            "auroc": MulticlassAUROC(num_classes, average="macro", thresholds=None),
         }
     )
 
@@ -51,9 +55,11 @@ class Classifier(L.LightningModule):
         no_decay_bias_norm: keep biases and norm weights out of weight decay.
         compile: ``torch.compile`` the net in place.
         contract: the data contract (plain data), stored with every checkpoint.
+        reference: the train split's drift reference statistics (plain data), stored with
+            every checkpoint so that new data can be compared with it (``keel drift``).
 
     Logged metrics (epoch level, synced across DDP ranks): ``{train,val,test}/{loss,acc,f1,
-    precision,recall}`` and the best-so-far ``val/acc_best``, ``val/f1_best``, ``val/loss_best``.
+    precision,recall,auroc}`` and the best-so-far ``val/acc_best``, ``val/f1_best``, ``val/loss_best``.
     """
 
     def __init__(
@@ -66,12 +72,13 @@ class Classifier(L.LightningModule):
         contract: Mapping[str, Any],
         no_decay_bias_norm: bool = False,
         compile: bool = False,
+        reference: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # logger=False: keel writes the HParams entry itself at the end, with final metrics.
         self.save_hyperparameters(logger=False)
         self.net: nn.Module = instantiate(dict(net))
-        self.preprocess = Standardize(preprocessing["mean"], preprocessing["std"], int(preprocessing["sample_ndim"]))
+        self.preprocess = build_preprocess(preprocessing)
         num_classes = len(contract["classes"])
         self.num_classes = num_classes
         weights = loss.get("class_weights")
@@ -91,7 +98,8 @@ class Classifier(L.LightningModule):
         self.best = nn.ModuleDict({"acc": MaxMetric(), "f1": MaxMetric(), "loss": MinMetric()})
         for metric in self.best.values():
             metric.persistent(True)  # best-so-far survives a resume from checkpoint
-        self.example_input_array = torch.zeros(2, *contract["shape"])
+        raw_shape = [len(contract["columns"])] if contract.get("kind") == "table" else list(contract["shape"])
+        self.example_input_array = torch.zeros(2, *raw_shape)
         self.confusion: dict[str, list[list[int]]] = {}
         if compile:
             self.net.compile()
@@ -107,7 +115,7 @@ class Classifier(L.LightningModule):
             logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing
         )
         preds = logits.argmax(dim=1)
-        self.metrics[f"{split}_metrics"].update(preds, y)
+        self.metrics[f"{split}_metrics"].update(logits.detach().float().softmax(dim=1), y)
         if split == "val":
             self.val_confusion.update(preds, y)
         elif split == "test":
@@ -170,5 +178,6 @@ class Classifier(L.LightningModule):
         checkpoint["keel"] = {
             "contract": dict(self.hparams.contract),
             "preprocessing": dict(self.hparams.preprocessing),
+            "reference": dict(self.hparams.reference or {}),
             "metric_names": [f"{s}/{m}" for s in SPLITS for m in PER_SPLIT],
         }

@@ -2,6 +2,8 @@
 
 from keel.models.nets.cnn import CNN
 from keel.models.nets.mlp import MLP
+from keel.models.nets.preprocess import build_preprocess
 from keel.models.nets.standardize import Standardize
+from keel.models.nets.tabular import TabularPreprocess
 
-__all__ = ["CNN", "MLP", "Standardize"]
+__all__ = ["CNN", "MLP", "Standardize", "TabularPreprocess", "build_preprocess"]

@@ -1,0 +1,202 @@
+"""The ``keel`` command: data contracts and drift checks from the shell.
+
+    keel contract infer FILE --target COL [--name NAME]     print a starting contract (YAML)
+    keel contract check CONTRACT FILE                       exit 1 when FILE breaks CONTRACT
+    keel drift REFERENCE CURRENT                            exit 1 when a feature drifts past alert
+
+Exit status: 0 fine, 1 the data failed the check, 2 a usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from keel.errors import KeelError
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise KeelError(f"{p}: no such contract file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise KeelError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise KeelError(f"{p}: expected a mapping (a contract), got {type(data).__name__}")
+    return data
+
+
+def _contract_infer(args: argparse.Namespace) -> int:
+    import yaml
+
+    from keel.data.table import read_table
+    from keel.data.table_contract import infer_contract
+
+    df = read_table(args.file, args.format)
+    name = args.name or Path(args.file).name.split(".")[0]
+    contract = infer_contract(df, args.target, name, max_categories=args.max_categories, margin=args.margin)
+    header = (
+        f"# Inferred by `keel contract infer {args.file} --target {args.target}` from {len(df)} rows.\n"
+        "# Review it: ranges are the observed ones; widen them where new data may go further.\n"
+    )
+    sys.stdout.write(header + yaml.safe_dump(contract.to_dict(), sort_keys=False, allow_unicode=True))
+    return EXIT_OK
+
+
+def _contract_check(args: argparse.Namespace) -> int:
+    from keel.data.contract import contract_from_dict
+    from keel.data.table import read_table
+
+    contract = contract_from_dict(_load_yaml(args.contract))
+    if getattr(contract, "target", None) is None:
+        raise KeelError("keel contract check works on table contracts (kind: table)")
+    df = read_table(args.file, args.format)
+    with_target = contract.target in df.columns and not args.no_target
+    report = contract.check(df, Path(args.file).name, with_target=with_target)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if report.ok:
+        print(f"{args.file}: {report.rows} rows satisfy contract {contract.name!r}"
+              + ("" if with_target else " (features only: no label column)"))
+        return EXIT_OK
+    print(f"{args.file}: contract {contract.name!r} violated ({len(report.violations)} violations, {report.rows} rows):")
+    for v in report.violations:
+        print(f"  - {v.describe()}")
+    return EXIT_FAILED
+
+
+def _reference_from(path: str, target: str | None, fmt: str) -> tuple[dict[str, Any], Any]:
+    """(reference stats, contract or None) from a checkpoint, a bundle directory or a data file."""
+    from keel.data.contract import contract_from_dict
+
+    p = Path(path)
+    if p.is_dir():
+        manifest = p / "manifest.json"
+        if not manifest.is_file():
+            raise KeelError(f"{p}: a directory but not a bundle (no manifest.json)")
+        data = json.loads(manifest.read_text())
+        ref = data.get("data", {}).get("reference")
+        if not ref:
+            raise KeelError(f"{manifest}: holds no reference statistics")
+        return ref, contract_from_dict(data["data"]["contract"])
+    if p.suffix == ".ckpt":
+        import torch
+
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is an input error here
+            raise KeelError(f"{p}: cannot load this checkpoint safely (weights_only=True): {e}") from None
+        keel = ckpt.get("keel") or {}
+        if not keel.get("reference"):
+            raise KeelError(f"{p}: not a keel checkpoint with reference statistics")
+        return keel["reference"], contract_from_dict(keel["contract"])
+    columns, kinds, _ = _columns_of(path, target, fmt, None)
+    from keel.data.drift import reference_stats
+
+    return reference_stats(columns, kinds), None
+
+
+def _columns_of(path: str, target: str | None, fmt: str, contract: Any) -> tuple[dict, dict, Any]:
+    """Drift columns, their kinds and the labels (or None) of a data file."""
+    import numpy as np
+
+    p = Path(path)
+    if p.suffix == ".npy":
+        from keel.data.in_memory import tensor_drift_columns
+
+        try:
+            x = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise KeelError(f"{p}: not a readable .npy array ({e})") from None
+        cols = tensor_drift_columns(x)
+        return cols, {k: "numeric" for k in cols}, None
+    from keel.data.table import read_table, table_drift_columns
+
+    df = read_table(path, fmt)
+    labels = df[target] if target and target in df.columns else None
+    table_contract = contract if hasattr(contract, "columns") else None
+    cols, kinds = table_drift_columns(df, table_contract, exclude=(target,) if target else ())
+    return cols, kinds, labels
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from keel.data.drift import DriftThresholds, compare, format_report
+
+    thresholds = DriftThresholds.from_dict(
+        {k: v for k, v in {"psi_warn": args.psi_warn, "psi_alert": args.psi_alert, "js_warn": args.js_warn,
+                           "js_alert": args.js_alert}.items() if v is not None}
+    )
+    reference, contract = _reference_from(args.reference, args.target, args.format)
+    columns, _, _ = _columns_of(args.current, args.target, args.format, contract)
+    missing = sorted(set(reference["features"]) - set(columns))
+    if missing:
+        raise KeelError(f"{args.current}: lacks features the reference has: {missing[:10]}")
+    result = compare(reference, {k: columns[k] for k in reference["features"]}, thresholds)
+    report = {"reference": args.reference, "current": args.current, "thresholds": thresholds.to_dict(),
+              "splits": {"current": result}, "status": result["status"]}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    return EXIT_FAILED if result["status"] == "alert" else EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keel", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    contract = sub.add_parser("contract", help="infer or check a table contract").add_subparsers(
+        dest="action", required=True
+    )
+    infer = contract.add_parser("infer", help="print a starting contract for a CSV/Parquet file (YAML)")
+    infer.add_argument("file")
+    infer.add_argument("--target", required=True, help="the label column")
+    infer.add_argument("--name", help="contract name (default: the file name)")
+    infer.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
+    infer.add_argument("--max-categories", type=int, default=50, help="most distinct values of a text column")
+    infer.add_argument("--margin", type=float, default=0.0, help="widen numeric ranges by this fraction")
+    infer.set_defaults(func=_contract_infer)
+
+    check = contract.add_parser("check", help="validate a CSV/Parquet file against a contract")
+    check.add_argument("contract", help="contract YAML (e.g. conf/data/contract/my.yaml)")
+    check.add_argument("file")
+    check.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
+    check.add_argument("--no-target", action="store_true", help="check features only")
+    check.add_argument("--json", help="also write the full report to this file")
+    check.set_defaults(func=_contract_check)
+
+    drift = sub.add_parser("drift", help="compare a file with a reference; exit 1 on alert")
+    drift.add_argument("reference", help="CSV/Parquet file, keel checkpoint (.ckpt) or bundle directory")
+    drift.add_argument("current", help="CSV/Parquet file (tables) or .npy array (tensors)")
+    drift.add_argument("--target", help="label column (excluded from the features)")
+    drift.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
+    for name in ("psi-warn", "psi-alert", "js-warn", "js-alert"):
+        drift.add_argument(f"--{name}", type=float)
+    drift.add_argument("--json", help="also write the full report to this file")
+    drift.set_defaults(func=_drift)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``keel`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as e:  # bad threshold values and the like
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,868 @@
+"""Drift and leakage statistics between a reference split (train) and another split, numpy only.
+
+Numeric features are binned on quantiles of the reference; categorical features and labels
+are compared category by category. Per feature the report gives PSI, KL(current || reference)
+and Jensen-Shannon divergence of epsilon-smoothed bin fractions; ``shared_rows`` counts exact
+duplicate rows across two splits (leakage).
+
+Definitions, with ``p`` the current and ``q`` the reference fractions over the same bins::
+
+    frac = (count + epsilon) / (total + epsilon * nbins)      # every bin, both sides
+    PSI  = sum((p - q) * ln(p / q))
+    KL   = sum(p * ln(p / q))                                 # nats
+    JS   = 0.5 * KL2(p || m) + 0.5 * KL2(q || m), m = (p + q) / 2, base 2, in [0, 1]
+
+Status: ``alert`` when the statistic >= its alert threshold, ``warn`` when >= its warn
+threshold, else ``ok``; PSI decides for numeric features, JS for categoricals and labels.
+
+Every function returns plain data (dict, list, str, int, float, bool, None; never numpy
+types, never NaN or inf), so reports go through ``json.dumps(..., allow_nan=False)`` and
+into checkpoints loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from keel.errors import KeelError
+
+__all__ = [
+    "DriftError",
+    "DriftThresholds",
+    "reference_stats",
+    "compare",
+    "label_shift",
+    "shared_rows",
+    "drift_report",
+    "format_report",
+]
+
+KINDS = ("numeric", "categorical")
+STATUSES = ("ok", "warn", "alert")
+MAX_EXAMPLES = 5
+_RANK = {s: i for i, s in enumerate(STATUSES)}
+# Above this many cut points one searchsorted pass beats one comparison pass per cut.
+_MAX_COMPARE_CUTS = 16
+# Rows per block when hashing: a few MiB keeps the temporaries in cache.
+_BLOCK_BYTES = 4 << 20
+# Marks a missing (None/NaN) value in object/str columns for shared_rows. NumPy strips
+# trailing NULs from str arrays, so the marker ends in a printable character.
+_MISSING_STR = "\x00<missing>"
+
+
+class DriftError(KeelError, ValueError):
+    """Bad input to a drift function (thresholds, kinds, columns); the message names the fix."""
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    """When a drift statistic warns or alerts, and how distributions are binned and smoothed.
+
+    Args:
+        psi_warn, psi_alert: PSI levels (>= warns/alerts) for numeric features; 0 < warn <= alert.
+        js_warn, js_alert: Jensen-Shannon levels (base 2) for categoricals and labels;
+            0 < warn <= alert <= 1.
+        bins: number of reference quantile bins for numeric features, >= 2.
+        epsilon: pseudo-count added to every bin count before normalizing, > 0.
+
+    Raises:
+        DriftError: (a ValueError) listing every invalid field.
+    """
+
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    js_warn: float = 0.05
+    js_alert: float = 0.1
+    bins: int = 10
+    epsilon: float = 1e-4
+
+    def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        problems = _threshold_problems(values)
+        if problems:
+            raise DriftError(_threshold_message(problems))
+        for name, value in values.items():  # numpy scalars in -> plain numbers out
+            object.__setattr__(self, name, int(value) if name == "bins" else float(value))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DriftThresholds:
+        """Build from config data; absent keys keep their defaults.
+
+        Raises:
+            DriftError: naming every unknown key and every out-of-range value.
+        """
+        if not isinstance(d, Mapping):
+            raise DriftError(f"drift thresholds must be a mapping, got {type(d).__name__}: {d!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in known]
+        values = {f.name: d.get(f.name, f.default) for f in fields(cls)}
+        problems = [f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (allowed: {', '.join(known)})"] if unknown else []
+        problems += _threshold_problems(values)
+        if problems:
+            raise DriftError(_threshold_message(problems))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``from_dict(to_dict())`` round-trips."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _threshold_problems(values: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for name in ("psi_warn", "psi_alert", "js_warn", "js_alert", "epsilon"):
+        v = values[name]
+        if not _is_real(v) or not math.isfinite(v) or v <= 0:
+            problems.append(f"{name}={v!r}: expected a finite number > 0")
+    for kind in ("psi", "js"):
+        warn, alert = values[f"{kind}_warn"], values[f"{kind}_alert"]
+        if _is_real(warn) and _is_real(alert) and warn > alert:
+            problems.append(f"{kind}_warn={warn!r} > {kind}_alert={alert!r}: expected {kind}_warn <= {kind}_alert")
+    for name in ("js_warn", "js_alert"):
+        v = values[name]
+        if _is_real(v) and v > 1:
+            problems.append(f"{name}={v!r}: Jensen-Shannon (base 2) is at most 1, expected a value in (0, 1]")
+    bins = values["bins"]
+    if not isinstance(bins, (numbers.Integral)) or isinstance(bins, (bool, np.bool_)) or bins < 2:
+        problems.append(f"bins={bins!r}: expected an integer >= 2")
+    return problems
+
+
+def _threshold_message(problems: list[str]) -> str:
+    return (
+        "invalid drift thresholds:\n  - "
+        + "\n  - ".join(problems)
+        + "\nFix: correct these keys where the thresholds are configured."
+    )
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _finite_or_none(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _status(value: float | None, warn: float, alert: float) -> str:
+    if value is None:
+        return "ok"
+    if value >= alert:
+        return "alert"
+    if value >= warn:
+        return "warn"
+    return "ok"
+
+
+def _worst(statuses: Sequence[str]) -> str:
+    return max(statuses, key=_RANK.__getitem__, default="ok")
+
+
+def _column(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise DriftError(f"feature {name!r}: expected a 1-D column, got an array of shape {arr.shape}")
+    return arr
+
+
+def _as_float(values: Any, name: str) -> np.ndarray:
+    """A numeric column as float64 (None -> NaN); no copy for float64 input."""
+    arr = _column(values, name)
+    if arr.dtype.kind in "biuf":
+        return np.ascontiguousarray(arr, dtype=np.float64)  # strided views are several times slower
+    if arr.dtype.kind == "O":
+        try:
+            return np.array([np.nan if v is None else v for v in arr.tolist()], dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise DriftError(
+                f"feature {name!r} is declared numeric but holds non-numbers ({e}); "
+                "declare it 'categorical' or convert it to numbers"
+            ) from None
+    raise DriftError(
+        f"feature {name!r} is declared numeric but has dtype {arr.dtype}; "
+        "declare it 'categorical' or convert it to numbers"
+    )
+
+
+def _bin_counts(x: np.ndarray, cuts: np.ndarray, total: int) -> np.ndarray:
+    """Counts of non-NaN ``x`` in right-closed bins (-inf, c0], (c0, c1], ..., (c_last, +inf)."""
+    if cuts.size == 0:
+        return np.array([total], dtype=np.int64)
+    if cuts.size <= _MAX_COMPARE_CUTS:
+        # NaN <= c is False, so NaNs drop out; -inf lands in the first bin, +inf in the last.
+        at_or_below = [np.count_nonzero(x <= c) for c in cuts.tolist()]
+        return np.diff(np.array([0, *at_or_below, total], dtype=np.int64))
+    valid = x[~np.isnan(x)] if total != x.size else x
+    return np.bincount(np.searchsorted(cuts, valid, side="left"), minlength=cuts.size + 1).astype(np.int64)
+
+
+def _smoothed(counts: np.ndarray, epsilon: float) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    return (counts + epsilon) / (counts.sum() + epsilon * counts.size)
+
+
+def _divergences(current: np.ndarray, reference: np.ndarray, epsilon: float) -> dict[str, float]:
+    """PSI, KL(current || reference) in nats and JS (base 2) of the smoothed count vectors."""
+    p, q = _smoothed(current, epsilon), _smoothed(reference, epsilon)
+    log_ratio = np.log(p / q)
+    m = 0.5 * (p + q)
+    js = 0.5 * float(np.sum(p * np.log2(p / m))) + 0.5 * float(np.sum(q * np.log2(q / m)))
+    return {
+        "psi": float(np.sum((p - q) * log_ratio)),  # every term is >= 0
+        "kl": max(0.0, float(np.sum(p * log_ratio))),  # clamp rounding below 0
+        "js": min(1.0, max(0.0, js)),
+    }
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, (float, np.floating)):
+        return bool(np.isnan(v))
+    return False
+
+
+def _key(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def _value_counts(values: Any, name: str) -> tuple[dict[str, int], int]:
+    """(str(value) -> count for non-missing values, number of missing (None/NaN) values)."""
+    arr = _column(values, name)
+    kind = arr.dtype.kind
+    if kind in "biufUS":
+        missing = 0
+        if kind == "f":
+            nan = np.isnan(arr)
+            missing = int(np.count_nonzero(nan))
+            if missing:
+                arr = arr[~nan]
+        uniq, counts = np.unique(arr, return_counts=True)
+        out: dict[str, int] = {}
+        for v, n in zip(uniq.tolist(), counts.tolist()):
+            k = _key(v)
+            out[k] = out.get(k, 0) + n
+        return out, missing
+    # object, datetime, complex, ...: count Python values, then merge by their str()
+    out, missing = {}, 0
+    try:
+        counted = Counter(arr.tolist())
+    except TypeError as e:
+        raise DriftError(f"feature {name!r}: categorical values must be hashable ({e})") from None
+    for v, n in counted.items():
+        if _is_missing(v):
+            missing += n
+        else:
+            k = _key(v)
+            out[k] = out.get(k, 0) + n
+    return out, missing
+
+
+# --------------------------------------------------------------------------- reference stats
+
+
+def reference_stats(columns: Mapping[str, np.ndarray], kinds: Mapping[str, str], bins: int = 10) -> dict:
+    """Per-feature summary of the reference split that :func:`compare` measures drift against.
+
+    Args:
+        columns: feature name -> 1-D column; every column needs a kind.
+        kinds: feature name -> ``"numeric"`` or ``"categorical"``; defines the features and
+            their order.
+        bins: quantile bins per numeric feature, >= 2.
+
+    Returns:
+        ``{"bins": bins, "features": {name: stats}}``, plain data. Numeric stats:
+        ``kind, count`` (non-missing values, +-inf included), ``missing`` (NaN/None),
+        ``mean, std`` (population), ``min, max`` (of the finite values; None when there are
+        none), ``edges`` (ascending interior cut points; bins are right-closed,
+        ``(-inf, e0], (e0, e1], ..., (e_last, +inf)``), ``counts`` (values per bin,
+        ``len(edges) + 1`` ints). Edges are the de-duplicated quantiles of the finite values
+        at ``linspace(0, 1, bins + 1)``: a cut at the maximum moves just below it so the
+        maximum gets its own bin, and cuts that would leave a reference bin empty are
+        dropped, so every bin holds reference mass; a constant column has one bin.
+        Categorical stats: ``kind, count, missing, counts`` (str(value) -> count, most
+        frequent first).
+
+    Raises:
+        DriftError: unknown kinds, features without a column or columns without a kind,
+            non-1-D columns, non-numeric values in a numeric column, bad ``bins``.
+    """
+    if isinstance(bins, (bool, np.bool_)) or not isinstance(bins, numbers.Integral) or bins < 2:
+        raise DriftError(f"bins={bins!r}: expected an integer >= 2")
+    problems = [f"feature {n!r}: kind {k!r} is not one of {list(KINDS)}" for n, k in kinds.items() if k not in KINDS]
+    missing = [n for n in kinds if n not in columns]
+    extra = [n for n in columns if n not in kinds]
+    if missing:
+        problems.append(f"features without a column: {missing}")
+    if extra:
+        problems.append(f"columns without a kind: {extra} (add them to kinds as 'numeric' or 'categorical', or drop them)")
+    if problems:
+        raise DriftError("cannot compute reference stats:\n  - " + "\n  - ".join(problems))
+    features = {}
+    for name, kind in kinds.items():
+        if kind == "numeric":
+            features[name] = _numeric_reference(_as_float(columns[name], name), int(bins))
+        else:
+            counts, n_missing = _value_counts(columns[name], name)
+            ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+            features[name] = {
+                "kind": "categorical",
+                "count": int(sum(ordered.values())),
+                "missing": int(n_missing),
+                "counts": ordered,
+            }
+    return {"bins": int(bins), "features": features}
+
+
+def _numeric_reference(x: np.ndarray, bins: int) -> dict:
+    nan = np.isnan(x)
+    n_missing = int(np.count_nonzero(nan))
+    count = x.size - n_missing
+    finite_mask = np.isfinite(x)
+    n_finite = int(np.count_nonzero(finite_mask))
+    finite = x if n_finite == x.size else x[finite_mask]
+    if n_finite:
+        lo, hi = float(finite.min()), float(finite.max())
+        cuts = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+        if cuts[-1] >= hi:  # right-closed bins would leave (max, inf) empty: cut just below max
+            cuts[-1] = np.nextafter(hi, -np.inf)
+            cuts = np.unique(cuts)
+        with np.errstate(over="ignore", invalid="ignore"):  # |x| near float max: reported as None
+            mean, std = float(finite.mean()), float(finite.std())
+    else:
+        lo = hi = mean = std = None
+        cuts = np.empty(0, dtype=np.float64)
+    counts = _bin_counts(x, cuts, count)
+    # Interpolated quantiles between distinct values (discrete data) leave bins without
+    # reference mass, where any current value would dominate PSI: merge them rightwards.
+    # Removing a cut with an empty bin below it leaves the other counts unchanged.
+    keep = counts[:-1] > 0
+    if count and not keep.all():
+        cuts = cuts[keep]
+        counts = counts[np.append(keep, True)]
+    return {
+        "kind": "numeric",
+        "count": int(count),
+        "missing": n_missing,
+        "mean": None if mean is None else _finite_or_none(mean),
+        "std": None if std is None else _finite_or_none(std),
+        "min": lo,
+        "max": hi,
+        "edges": [float(c) for c in cuts.tolist()],
+        "counts": [int(c) for c in counts.tolist()],
+    }
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare(reference: dict, columns: Mapping[str, np.ndarray], thresholds: DriftThresholds) -> dict:
+    """Drift of ``columns`` against ``reference`` (the output of :func:`reference_stats`).
+
+    Args:
+        reference: reference stats; its features are the ones compared.
+        columns: feature name -> 1-D column of the current data; extra columns are ignored.
+        thresholds: warn/alert levels and the smoothing ``epsilon``.
+
+    Returns:
+        ``{"features": {name: {...}}, "summary": {...}, "status": worst}``, plain data.
+        Every feature: ``kind, psi, kl, js`` (None when either side has no non-missing
+        values), ``status``, ``count`` (current non-missing values), ``missing_rate``
+        (``{"reference", "current"}``, missing / rows). NaN/None values are left out of
+        the distributions. Numeric also: ``mean`` (``{"reference", "current"}``, finite
+        values), ``out_of_range`` (fraction of current non-missing values outside the
+        reference [min, max]; None without reference values). Categorical also:
+        ``categories`` (bins compared), ``unseen`` (``{"rate", "values"}``: fraction of
+        current values whose category the reference never saw, and up to 5 of them; they
+        get their own bins with zero reference count before smoothing). A feature empty
+        on exactly one side is ``alert``. Summary: ``max_psi, mean_psi, max_js``
+        (None without values), ``n_features, n_warn, n_alert, warn_features,
+        alert_features`` (reference order).
+
+    Raises:
+        DriftError: naming every reference feature absent from ``columns``, or a
+            malformed ``reference``.
+    """
+    features_ref = reference.get("features") if isinstance(reference, Mapping) else None
+    if not isinstance(features_ref, Mapping):
+        raise DriftError("reference must be the output of reference_stats(): a dict with a 'features' mapping")
+    absent = [n for n in features_ref if n not in columns]
+    if absent:
+        raise DriftError(
+            f"features in the reference but not in the data: {absent}; "
+            f"pass a column for each (got columns {list(columns)})"
+        )
+    out = {}
+    for name, ref in features_ref.items():
+        kind = ref.get("kind")
+        if kind == "numeric":
+            out[name] = _compare_numeric(ref, _as_float(columns[name], name), thresholds)
+        elif kind == "categorical":
+            out[name] = _compare_categorical(ref, columns[name], name, thresholds)
+        else:
+            raise DriftError(f"reference feature {name!r} has kind {kind!r}, expected one of {list(KINDS)}")
+    summary = _summary(out)
+    return {"features": out, "summary": summary, "status": _worst([f["status"] for f in out.values()])}
+
+
+def _rate(part: int, whole: int) -> float:
+    return float(part) / whole if whole else 0.0
+
+
+def _metrics(
+    current: np.ndarray, reference: np.ndarray, n_cur: int, n_ref: int, thresholds: DriftThresholds, by: str
+) -> dict:
+    if n_cur == 0 or n_ref == 0:  # no distribution on one side: nothing to measure
+        return {"psi": None, "kl": None, "js": None, "status": "alert" if n_cur or n_ref else "ok"}
+    m = _divergences(current, reference, thresholds.epsilon)
+    warn, alert = (thresholds.psi_warn, thresholds.psi_alert) if by == "psi" else (thresholds.js_warn, thresholds.js_alert)
+    return {**m, "status": _status(m[by], warn, alert)}
+
+
+def _compare_numeric(ref: Mapping, x: np.ndarray, thresholds: DriftThresholds) -> dict:
+    cuts = np.asarray(ref["edges"], dtype=np.float64)
+    ref_counts = np.asarray(ref["counts"], dtype=np.int64)
+    n_missing = int(np.count_nonzero(np.isnan(x)))
+    count = x.size - n_missing
+    cur_counts = _bin_counts(x, cuts, count)
+    finite = np.isfinite(x)
+    n_finite = int(np.count_nonzero(finite))
+    mean = None
+    if n_finite:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = _finite_or_none((x if n_finite == x.size else x[finite]).mean())
+    out_of_range = None
+    if ref["min"] is not None:
+        outside = np.count_nonzero(x < ref["min"]) + np.count_nonzero(x > ref["max"])
+        out_of_range = _rate(outside, count)
+    return {
+        "kind": "numeric",
+        **_metrics(cur_counts, ref_counts, count, int(ref["count"]), thresholds, "psi"),
+        "count": int(count),
+        "missing_rate": {
+            "reference": _rate(ref["missing"], ref["count"] + ref["missing"]),
+            "current": _rate(n_missing, x.size),
+        },
+        "mean": {"reference": ref["mean"], "current": mean},
+        "out_of_range": out_of_range,
+    }
+
+
+def _compare_categorical(ref: Mapping, values: Any, name: str, thresholds: DriftThresholds) -> dict:
+    ref_counts: Mapping[str, int] = ref["counts"]
+    cur, n_missing = _value_counts(values, name)
+    count = sum(cur.values())
+    unseen = sorted((k for k in cur if k not in ref_counts), key=lambda k: (-cur[k], k))
+    categories = [*ref_counts, *unseen]
+    r = np.array([ref_counts.get(k, 0) for k in categories], dtype=np.int64)
+    c = np.array([cur.get(k, 0) for k in categories], dtype=np.int64)
+    return {
+        "kind": "categorical",
+        **_metrics(c, r, count, int(ref["count"]), thresholds, "js"),
+        "count": int(count),
+        "missing_rate": {
+            "reference": _rate(ref["missing"], ref["count"] + ref["missing"]),
+            "current": _rate(n_missing, count + n_missing),
+        },
+        "categories": len(categories),
+        "unseen": {"rate": _rate(sum(cur[k] for k in unseen), count), "values": unseen[:MAX_EXAMPLES]},
+    }
+
+
+def _summary(features: Mapping[str, dict]) -> dict:
+    psis = [f["psi"] for f in features.values() if f["psi"] is not None]
+    jss = [f["js"] for f in features.values() if f["js"] is not None]
+    warn = [n for n, f in features.items() if f["status"] == "warn"]
+    alert = [n for n, f in features.items() if f["status"] == "alert"]
+    return {
+        "n_features": len(features),
+        "max_psi": max(psis) if psis else None,
+        "mean_psi": math.fsum(psis) / len(psis) if psis else None,
+        "max_js": max(jss) if jss else None,
+        "n_warn": len(warn),
+        "n_alert": len(alert),
+        "warn_features": warn,
+        "alert_features": alert,
+    }
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _class_counts(labels: Any, index: Mapping[Any, int], n_classes: int, what: str) -> np.ndarray:
+    """Counts per class position; the extra last slot counts labels not in the classes."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise DriftError(f"{what}: expected a 1-D array of labels, got shape {arr.shape}")
+    counts = np.zeros(n_classes + 1, dtype=np.int64)
+    if arr.dtype.kind in "biufUS":
+        uniq, n = np.unique(arr, return_counts=True)
+        pairs = zip(uniq.tolist(), n.tolist())
+    else:
+        try:
+            pairs = Counter(arr.tolist()).items()
+        except TypeError as e:
+            raise DriftError(f"{what}: labels must be hashable ({e})") from None
+    for v, k in pairs:
+        counts[index.get(v, n_classes) if not _is_missing(v) else n_classes] += k
+    return counts
+
+
+def label_shift(reference_labels: np.ndarray, labels: np.ndarray, classes: Sequence, thresholds: DriftThresholds) -> dict:
+    """Class-distribution shift of ``labels`` against ``reference_labels``.
+
+    Args:
+        reference_labels, labels: 1-D label arrays; a label matches a class by Python
+            equality (``1 == 1.0``; ``"1" != 1``); NaN/None and labels not in ``classes``
+            count as unknown.
+        classes: the class values, in the order of the returned lists.
+        thresholds: JS warn/alert levels and ``epsilon``.
+
+    Returns:
+        ``{"classes", "reference", "current"`` (fractions per class, classes order),
+        ``"unknown": {"reference", "current"}`` (fractions), ``"counts": {"reference",
+        "current"}`` (ints per class, then unknown), ``"psi", "kl", "js", "status"}``
+        (status by JS). The unknown bucket joins the compared bins only when either side
+        has unknown labels. Metrics are None and status ``alert`` when exactly one side
+        is empty (``ok`` when both are).
+
+    Raises:
+        DriftError: empty, duplicate or unhashable classes; labels not 1-D.
+    """
+    classes = [_plain(c) for c in classes]
+    if not classes:
+        raise DriftError("classes is empty: pass the class values of the labels")
+    try:
+        index = {c: i for i, c in enumerate(classes)}
+    except TypeError as e:
+        raise DriftError(f"classes must be hashable values ({e})") from None
+    if len(index) != len(classes):
+        raise DriftError(f"classes={classes!r}: values must be unique")
+    ref = _class_counts(reference_labels, index, len(classes), "reference_labels")
+    cur = _class_counts(labels, index, len(classes), "labels")
+    n_ref, n_cur = int(ref.sum()), int(cur.sum())
+    bucket = slice(None) if ref[-1] or cur[-1] else slice(0, len(classes))
+    return {
+        "classes": classes,
+        "reference": [_rate(int(k), n_ref) for k in ref[:-1]],
+        "current": [_rate(int(k), n_cur) for k in cur[:-1]],
+        "unknown": {"reference": _rate(int(ref[-1]), n_ref), "current": _rate(int(cur[-1]), n_cur)},
+        "counts": {"reference": [int(k) for k in ref], "current": [int(k) for k in cur]},
+        **_metrics(cur[bucket], ref[bucket], n_cur, n_ref, thresholds, "js"),
+    }
+
+
+# --------------------------------------------------------------------------- shared rows
+
+
+class _Part:
+    """One column (or the whole 2-D array) of both sides, encoded to comparable row bytes."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, name: str):
+        self.name = name
+        ka, kb = a.dtype.kind, b.dtype.kind
+        if ka in "biufc" and kb in "biufc":
+            self.dtype = np.result_type(a.dtype, b.dtype).newbyteorder("=")
+            self.float = self.dtype.kind in "fc"
+        elif ka == kb and ka in "US":  # str/bytes: pad both to the longer width
+            self.dtype, self.float = np.result_type(a.dtype, b.dtype).newbyteorder("="), False
+        elif a.dtype == b.dtype and ka != "O":  # datetime, void, ...: raw bytes
+            self.dtype, self.float = a.dtype.newbyteorder("="), False
+        else:  # mixed or object: compare str(value), missing values equal to each other
+            a, b = _as_str(a), _as_str(b)
+            self.dtype, self.float = np.result_type(a.dtype, b.dtype), False
+        width = math.prod(a.shape[1:])
+        self.sides = (a.reshape(len(a), width), b.reshape(len(b), width))
+
+    def bytes(self, side: int, rows: slice | np.ndarray) -> np.ndarray:
+        """(rows, nbytes) uint8 canonical encoding: -0.0 -> 0.0 and one NaN bit pattern."""
+        block = self.sides[side][rows]
+        if self.float:
+            block = block.astype(self.dtype, copy=True)
+            if block.dtype.kind == "c":
+                block = block.view(np.dtype(f"f{block.dtype.itemsize // 2}"))
+            block += 0.0  # -0.0 + 0.0 == +0.0
+            np.copyto(block, np.nan, where=np.isnan(block))
+        else:
+            block = np.ascontiguousarray(block.astype(self.dtype, copy=False))
+        return block.view(np.uint8).reshape(len(block), -1)
+
+
+def _as_str(arr: np.ndarray) -> np.ndarray:
+    flat = [_MISSING_STR if _is_missing(v) else _key(v) for v in arr.reshape(-1).tolist()]
+    return np.array(flat, dtype=str).reshape(arr.shape)
+
+
+def _row_words(parts: Sequence[_Part], side: int, rows: slice | np.ndarray) -> np.ndarray:
+    raw = [p.bytes(side, rows) for p in parts]
+    raw = raw[0] if len(raw) == 1 else np.concatenate(raw, axis=1)
+    pad = -raw.shape[1] % 8
+    if pad or not raw.flags.c_contiguous:
+        raw = np.concatenate([raw, np.zeros((len(raw), pad), dtype=np.uint8)], axis=1)
+    return raw.view(np.uint64)
+
+
+def _multipliers(n_words: int) -> np.ndarray:
+    rng = np.random.default_rng(0x6B65656C)  # fixed: hashes only need to agree within one call
+    return rng.integers(0, 2**64 - 1, size=n_words, dtype=np.uint64, endpoint=True) | np.uint64(1)
+
+
+def _row_hashes(parts: Sequence[_Part], side: int, n_rows: int, row_bytes: int) -> np.ndarray:
+    """64-bit hash per row: sum over words of mix(word * odd_k) (wrapping uint64).
+
+    Each term is a bijection of its word, so rows differing in a single word never collide.
+    """
+    out = np.empty(n_rows, dtype=np.uint64)
+    mult = _multipliers((row_bytes + 7) // 8)
+    step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+    for start in range(0, n_rows, step):
+        w = _row_words(parts, side, slice(start, start + step)) * mult
+        w ^= w >> np.uint64(29)
+        out[start : start + step] = w.sum(axis=1, dtype=np.uint64)
+    return out
+
+
+def _rows_equal(parts: Sequence[_Part], ref_rows: np.ndarray, other_rows: np.ndarray, row_bytes: int) -> np.ndarray:
+    eq = np.empty(len(other_rows), dtype=bool)
+    step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+    for s in range(0, len(other_rows), step):
+        a = _row_words(parts, 0, ref_rows[s : s + step])
+        b = _row_words(parts, 1, other_rows[s : s + step])
+        eq[s : s + step] = (a == b).all(axis=1)
+    return eq
+
+
+def _parts(reference: Any, other: Any) -> tuple[list[_Part], int, int]:
+    if isinstance(reference, Mapping) != isinstance(other, Mapping):
+        raise DriftError("shared_rows: pass two arrays or two column mappings, not one of each")
+    if isinstance(reference, Mapping):
+        if set(reference) != set(other):
+            only_ref = [k for k in reference if k not in other]
+            only_other = [k for k in other if k not in reference]
+            raise DriftError(
+                f"shared_rows: column names differ: only in reference {only_ref}, only in other {only_other}"
+            )
+        if not reference:
+            raise DriftError("shared_rows: no columns given")
+        sizes = []
+        parts = []
+        for name in reference:
+            a, b = np.asarray(reference[name]), np.asarray(other[name])
+            if a.ndim == 0 or b.ndim == 0 or a.shape[1:] != b.shape[1:]:
+                raise DriftError(
+                    f"shared_rows: column {name!r} has shapes {a.shape} and {b.shape}; expected 1-D columns "
+                    "(or equal per-row shapes)"
+                )
+            sizes.append((name, len(a), len(b)))
+            parts.append(_Part(a, b, str(name)))
+        for side, label in ((1, "reference"), (2, "other")):
+            lengths = {s[side] for s in sizes}
+            if len(lengths) > 1:
+                raise DriftError(f"shared_rows: {label} columns have different lengths: {[(s[0], s[side]) for s in sizes]}")
+        return parts, sizes[0][1], sizes[0][2]
+    a, b = np.asarray(reference), np.asarray(other)
+    if a.ndim == 0 or b.ndim == 0 or a.shape[1:] != b.shape[1:]:
+        raise DriftError(
+            f"shared_rows: row shapes differ: reference {a.shape}, other {b.shape}; expected (N, ...) arrays "
+            "with the same shape after the first axis"
+        )
+    return [_Part(np.ascontiguousarray(a), np.ascontiguousarray(b), "rows")], len(a), len(b)
+
+
+def shared_rows(reference: np.ndarray | Mapping[str, np.ndarray], other: np.ndarray | Mapping[str, np.ndarray]) -> dict:
+    """Rows of ``other`` that also occur exactly in ``reference`` (train/test leakage).
+
+    Rows are compared on their values: a 2-D-or-more array ``(N, ...)`` row by row, or a
+    mapping of equal-length columns (same names on both sides) across all columns. Numeric
+    columns are cast to their common dtype (int 1 == float 1.0), then compared bytewise
+    with ``-0.0 == 0.0`` and every NaN equal to every NaN (a record with the same missing
+    fields is the same record). Object and mixed str/number columns compare ``str(value)``
+    with None/NaN equal to each other. Exact: 64-bit row hashes select candidates, whose
+    bytes are then compared.
+
+    Returns:
+        ``{"count"`` (rows of ``other`` found in ``reference``, repeats included),
+        ``"fraction"`` (count / len(other), 0.0 when empty), ``"rows"`` (len(other)),
+        ``"examples"`` (up to 5 ascending row indices of ``other``)}.
+
+    Raises:
+        DriftError: mixing an array and a mapping, different column names, row shapes or
+            column lengths.
+    """
+    parts, n_ref, n_other = _parts(reference, other)
+    row_bytes = sum(p.dtype.itemsize * p.sides[0].shape[1] for p in parts)
+    found = np.empty(0, dtype=np.int64)
+    if n_ref and n_other and row_bytes:
+        h_ref_rows = _row_hashes(parts, 0, n_ref, row_bytes)
+        ref_hashes = np.sort(h_ref_rows)
+        h_other = _row_hashes(parts, 1, n_other, row_bytes)
+        order = np.argsort(h_other)
+        keys = h_other[order]
+        pos = np.searchsorted(ref_hashes, keys)  # sorted keys: the search walks ref_hashes once
+        pos[pos == n_ref] = 0
+        hit = ref_hashes[pos] == keys
+        if hit.any():
+            candidates = np.sort(order[hit])
+            ref_order = np.argsort(h_ref_rows)  # ref_hashes == h_ref_rows[ref_order]
+            first = np.searchsorted(ref_hashes, h_other[candidates])
+            eq = _rows_equal(parts, ref_order[first], candidates, row_bytes)
+            # A hash shared by different rows (a collision): try the other reference rows with it.
+            for i in np.flatnonzero(~eq).tolist():
+                j, h = int(first[i]) + 1, ref_hashes[first[i]]
+                while j < n_ref and ref_hashes[j] == h and not eq[i]:
+                    eq[i] = bool(_rows_equal(parts, ref_order[j : j + 1], candidates[i : i + 1], row_bytes)[0])
+                    j += 1
+            found = candidates[eq]
+    elif n_ref and n_other:  # zero-width rows are all equal
+        found = np.arange(n_other)
+    count = int(found.size)
+    return {
+        "count": count,
+        "fraction": _rate(count, n_other),
+        "rows": int(n_other),
+        "examples": [int(i) for i in found[:MAX_EXAMPLES].tolist()],
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def drift_report(
+    reference_columns: Mapping[str, np.ndarray],
+    kinds: Mapping[str, str],
+    splits: Mapping[str, Mapping[str, np.ndarray]],
+    reference_labels: np.ndarray | None,
+    split_labels: Mapping[str, np.ndarray],
+    classes: Sequence,
+    thresholds: DriftThresholds,
+    reference_rows: np.ndarray | Mapping[str, np.ndarray] | None = None,
+    split_rows: Mapping[str, Any] | None = None,
+) -> dict:
+    """Reference stats, then feature drift, label shift and leakage for every split.
+
+    Args:
+        reference_columns, kinds: as :func:`reference_stats` (binned with ``thresholds.bins``).
+        splits: split name -> its feature columns.
+        reference_labels: reference labels, or None to skip label shift.
+        split_labels: split name -> labels; needs every split when ``reference_labels`` is given.
+        classes: class values for :func:`label_shift`.
+        thresholds: warn/alert levels, bins and smoothing.
+        reference_rows, split_rows: rows for :func:`shared_rows` (array or column mapping);
+            leakage is computed for the splits in ``split_rows``, None elsewhere.
+
+    Returns:
+        ``{"thresholds", "reference", "splits": {name: {"features", "summary", "labels",
+        "leakage", "status"}}, "status"}``, plain data. A split's status is the worst of its
+        features and labels, and at least ``warn`` when it shares rows with the reference.
+
+    Raises:
+        DriftError: as the functions above; splits without labels; ``split_rows`` without
+            ``reference_rows`` or naming unknown splits.
+    """
+    if reference_labels is not None:
+        unlabeled = [s for s in splits if s not in split_labels]
+        if unlabeled:
+            raise DriftError(f"splits without labels: {unlabeled}; add them to split_labels or pass reference_labels=None")
+    if split_rows:
+        if reference_rows is None:
+            raise DriftError("split_rows given without reference_rows: pass the reference rows too")
+        unknown = [s for s in split_rows if s not in splits]
+        if unknown:
+            raise DriftError(f"split_rows names splits that are not in splits: {unknown}")
+    stats = reference_stats(reference_columns, kinds, bins=thresholds.bins)
+    out = {}
+    for name, columns in splits.items():
+        drift = compare(stats, columns, thresholds)
+        labels = None
+        if reference_labels is not None:
+            labels = label_shift(reference_labels, split_labels[name], classes, thresholds)
+        leakage = None
+        if split_rows and name in split_rows:
+            leakage = shared_rows(reference_rows, split_rows[name])
+        status = [drift["status"]]
+        if labels is not None:
+            status.append(labels["status"])
+        if leakage is not None and leakage["count"]:
+            status.append("warn")
+        out[name] = {
+            "features": drift["features"],
+            "summary": drift["summary"],
+            "labels": labels,
+            "leakage": leakage,
+            "status": _worst(status),
+        }
+    return {
+        "thresholds": thresholds.to_dict(),
+        "reference": stats,
+        "splits": out,
+        "status": _worst([s["status"] for s in out.values()]),
+    }
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def format_report(report: dict, max_features: int = 10) -> str:
+    """A few lines per split: status, label shift, leakage and the ``max_features`` features
+    most severe relative to their alert threshold (PSI for numeric, JS for categorical)."""
+    t = report.get("thresholds") or DriftThresholds().to_dict()
+    lines = [
+        f"drift report: {report['status'].upper()} "
+        f"(psi warn/alert {t['psi_warn']:g}/{t['psi_alert']:g}, js warn/alert {t['js_warn']:g}/{t['js_alert']:g})"
+    ]
+    for name, split in report["splits"].items():
+        s = split["summary"]
+        lines.append(
+            f"[{name}] {split['status'].upper()}: {s['n_alert']} alert, {s['n_warn']} warn of {s['n_features']} "
+            f"features; max psi {_fmt(s['max_psi'])}, mean psi {_fmt(s['mean_psi'])}, max js {_fmt(s['max_js'])}"
+        )
+        labels = split.get("labels")
+        if labels is not None:
+            unknown = labels["unknown"]["current"]
+            extra = f", {unknown:.2%} unknown" if unknown else ""
+            lines.append(f"  labels: js {_fmt(labels['js'])}, psi {_fmt(labels['psi'])} ({labels['status']}{extra})")
+        leak = split.get("leakage")
+        if leak is not None:
+            ex = f", e.g. rows {', '.join(map(str, leak['examples']))}" if leak["examples"] else ""
+            lines.append(f"  leakage: {leak['count']} of {leak['rows']} rows ({leak['fraction']:.2%}) also in the reference{ex}")
+
+        def severity(item: tuple[str, dict]) -> tuple[int, float]:
+            f = item[1]
+            value, alert = (f["psi"], t["psi_alert"]) if f["kind"] == "numeric" else (f["js"], t["js_alert"])
+            return (_RANK[f["status"]], -1.0 if value is None else value / alert)
+
+        top = sorted(split["features"].items(), key=severity, reverse=True)[: max(0, max_features)]
+        if top:
+            width = max(len(n) for n, _ in top)
+            lines.append(f"  top {len(top)} of {len(split['features'])} features:")
+            for fname, f in top:
+                notes = []
+                if f["missing_rate"]["current"] or f["missing_rate"]["reference"]:
+                    notes.append(f"missing {f['missing_rate']['reference']:.1%} -> {f['missing_rate']['current']:.1%}")
+                if f["kind"] == "categorical" and f["unseen"]["rate"]:
+                    notes.append(f"unseen {f['unseen']['rate']:.1%}")
+                if f["kind"] == "numeric" and f.get("out_of_range"):
+                    notes.append(f"out of range {f['out_of_range']:.1%}")
+                line = f"    {fname:<{width}}  {f['kind']:<11}  psi {_fmt(f['psi'])}  js {_fmt(f['js'])}  {f['status']:<5}"
+                lines.append((line + (f"  ({'; '.join(notes)})" if notes else "")).rstrip())
+    return "\n".join(lines)

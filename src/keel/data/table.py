@@ -1,0 +1,196 @@
+"""Tables from local CSV or Parquet files, checked against a pandera table contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from keel.data.contract import ContractReport
+from keel.data.in_memory import InMemoryDataModule
+from keel.data.table_contract import TableContract, _numeric_view, infer_contract
+from keel.errors import KeelError
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class TableReadError(KeelError):
+    """A table file cannot be read: missing, empty, not CSV/Parquet, or without the label column."""
+
+
+def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame whose index is the 0-based data row number.
+
+    Args:
+        path: the file.
+        fmt: ``auto`` (by suffix, also ``.csv.gz``), ``csv`` or ``parquet``.
+
+    Raises:
+        TableReadError: naming the file and the fix, for a missing, empty or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TableReadError(f"{p}: no such file. Fix: data.path=<a .csv or .parquet file>")
+    if fmt == "auto":
+        suffixes = [s.lower() for s in p.suffixes]
+        if suffixes and suffixes[-1] in (".gz", ".bz2", ".zip", ".xz") and len(suffixes) > 1:
+            suffixes = suffixes[:-1]
+        fmt = FORMATS.get(suffixes[-1] if suffixes else "", "")
+        if not fmt:
+            raise TableReadError(
+                f"{p}: cannot tell the format from the suffix {p.suffix!r}: expected one of "
+                f"{sorted(FORMATS)}. Fix: rename the file or set data.format=csv|parquet"
+            )
+    if p.stat().st_size == 0:
+        raise TableReadError(f"{p}: the file is empty. Fix: point data.path at a file with a header and rows")
+    try:
+        if fmt == "csv":
+            sep = "\t" if p.suffix.lower() == ".tsv" else ","
+            df = pd.read_csv(p, sep=sep)
+        elif fmt == "parquet":
+            df = pd.read_parquet(p)
+        else:
+            raise TableReadError(f"data.format={fmt!r}: expected auto, csv or parquet")
+    except pd.errors.EmptyDataError:
+        raise TableReadError(f"{p}: no columns to read (empty CSV). Fix: add a header line and rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        if isinstance(e, TableReadError):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TableReadError(f"{p}: not a readable {fmt.upper()} file ({first}). Fix: check the file's format") from None
+    if df.empty:
+        raise TableReadError(f"{p}: the file has a header but no rows. Fix: point data.path at a file with data")
+    return df.reset_index(drop=True)
+
+
+def table_drift_columns(
+    df: pd.DataFrame, contract: TableContract | None = None, exclude: tuple[str, ...] = ()
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Feature columns of ``df`` for drift statistics, and their kinds (numeric/categorical).
+
+    With a contract: its feature columns and dtypes. Without: every column not in
+    ``exclude``, numeric pandas dtypes as numeric, the rest as categorical.
+    """
+    cols: dict[str, np.ndarray] = {}
+    kinds: dict[str, str] = {}
+    if contract is not None:
+        specs = [(c.name, c.numeric) for c in contract.columns]
+    else:
+        specs = [(str(c), pd.api.types.is_numeric_dtype(df[c])) for c in df.columns if c not in exclude]
+    for name, numeric in specs:
+        if name not in df.columns:
+            raise KeelError(f"column {name!r} is missing; columns are {list(map(str, df.columns))}")
+        if numeric:
+            cols[name] = _numeric_view(df[name]).to_numpy(dtype=np.float64)
+            kinds[name] = "numeric"
+        else:
+            s = df[name]
+            cols[name] = s.astype(object).where(s.notna(), None).to_numpy()
+            kinds[name] = "categorical"
+    return cols, kinds
+
+
+class TableDataModule(InMemoryDataModule):
+    """A labelled table from a local CSV/Parquet file.
+
+    Numeric columns go to the model as numbers (missing values imputed and standardized in
+    the model), category columns as the index of their category (one-hot in the model):
+    every statistic is fitted on the train split and stored in the model.
+
+    Args:
+        path: the CSV or Parquet file.
+        target: the label column.
+        format: ``auto`` (by suffix), ``csv`` or ``parquet``.
+        contract: a table contract (``kind: table``); None infers one from the file.
+        **kwargs: as :class:`InMemoryDataModule`.
+    """
+
+    def __init__(self, path: str | None, target: str, format: str = "auto", contract: Any = None, **kwargs: Any):
+        super().__init__(contract, **kwargs)
+        self.path, self.target, self.format = path, target, format
+        if self.contract is not None and self.contract.target != target:
+            raise KeelError(
+                f"data.target={target!r} but the contract's target is {self.contract.target!r}. "
+                f"Fix: data.target={self.contract.target}"
+            )
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    def read(self) -> pd.DataFrame:
+        """The whole table (subclasses with embedded data override this)."""
+        return read_table(self.path, self.format)
+
+    def load(self) -> tuple[pd.DataFrame, pd.Series]:
+        df = self.read()
+        if self.target not in df.columns:
+            raise TableReadError(
+                f"{self.source}: no label column {self.target!r}; columns are {list(map(str, df.columns))}. "
+                "Fix: data.target=<the label column>"
+            )
+        return df, df[self.target]
+
+    def _infer_contract(self, features: pd.DataFrame, labels: pd.Series) -> TableContract:
+        return infer_contract(features.dropna(subset=[self.target]), self.target, Path(str(self.path)).stem)
+
+    def _check(self, features: pd.DataFrame, labels: pd.Series, idx: np.ndarray, split: str) -> ContractReport:
+        return self.contract.check(features.iloc[idx], split)
+
+    def _encode(self, features: pd.DataFrame, labels: pd.Series, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        part = features.iloc[idx]
+        return self.contract.encode_features(part), self.contract.encode_labels(part[self.target])
+
+    def _raw_labels(self, labels: pd.Series, idx: np.ndarray) -> np.ndarray:
+        values = labels.iloc[idx]
+        if all(isinstance(c, int) for c in self.contract.classes) and pd.api.types.is_numeric_dtype(values):
+            return values.to_numpy(dtype=np.float64).astype(np.int64)
+        return values.astype(str).to_numpy()
+
+    def _fit_preprocessing(self, x_train: np.ndarray) -> dict[str, Any]:
+        numeric = [j for j, c in enumerate(self.contract.columns) if c.numeric]
+        categorical = [j for j, c in enumerate(self.contract.columns) if not c.numeric]
+        num = x_train[:, numeric].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            counts = np.sum(~np.isnan(num), axis=0)
+            mean = np.where(counts > 0, np.nansum(num, axis=0) / np.maximum(counts, 1), 0.0)
+            var = np.where(counts > 1, np.nansum((num - mean) ** 2, axis=0) / np.maximum(counts - 1, 1), 1.0)
+        std = np.maximum(np.sqrt(var), 1e-6)
+        return {
+            "type": "tabular",
+            "columns": self.contract.feature_names,
+            "numeric": numeric,
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "fill": mean.tolist(),
+            "nullable": [bool(self.contract.columns[j].nullable) for j in numeric],
+            "categorical": categorical,
+            "cardinalities": [len(self.contract.columns[j].categories or ()) for j in categorical],
+        }
+
+    def _drift_columns(self, features: pd.DataFrame, idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        return table_drift_columns(features.iloc[idx], self.contract)
+
+    @property
+    def net_input_shape(self) -> list[int]:
+        return [self.contract.encoded_width()]
+
+
+class BreastCancerDataModule(TableDataModule):
+    """The Wisconsin breast-cancer table bundled inside scikit-learn (569 rows, 30 numeric
+    features, label 0 = malignant (212 rows), 1 = benign (357 rows)); no download."""
+
+    def __init__(self, target: str = "target", **kwargs: Any):
+        super().__init__(path=None, target=target, **kwargs)
+
+    @property
+    def source(self) -> str:
+        return "sklearn.datasets.load_breast_cancer"
+
+    def read(self) -> pd.DataFrame:
+        from sklearn.datasets import load_breast_cancer
+
+        frame = load_breast_cancer(as_frame=True).frame
+        return frame.reset_index(drop=True)

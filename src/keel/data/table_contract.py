@@ -1,0 +1,424 @@
+"""Tabular data contracts, validated with pandera in lazy mode (every failing check collected).
+
+A contract names each feature column (dtype, nullability, numeric range, allowed categories)
+and the label column with its classes. It is plain data (``to_dict``), stored in checkpoints
+and bundles, and reports violations in the same format as :class:`TensorContract`.
+
+YAML form::
+
+    kind: table
+    name: my_data
+    target: label
+    classes: [0, 1]                 # label values; their order defines the logits
+    class_names: [no, yes]          # optional display names
+    columns:
+      age:   {dtype: float64, nullable: false, min: 0, max: 120}
+      color: {dtype: category, nullable: true, categories: [red, green, blue]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from keel.data.contract import MAX_EXAMPLES, ContractError, ContractReport, Violation
+
+NUMERIC_DTYPES = ("float64", "float32", "int64", "int32", "bool")
+DTYPES = NUMERIC_DTYPES + ("category",)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One feature column: ``dtype`` (a numeric dtype or ``category``), ``nullable``, an
+    inclusive ``[min, max]`` for numeric columns and the allowed ``categories`` otherwise."""
+
+    name: str
+    dtype: str
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] | None = None
+
+    @property
+    def numeric(self) -> bool:
+        return self.dtype != "category"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dtype": self.dtype, "nullable": self.nullable}
+        if self.numeric:
+            out["min"], out["max"] = self.min, self.max
+        else:
+            out["categories"] = list(self.categories or ())
+        return out
+
+
+def _column_from_dict(name: str, spec: Any, problems: list[str]) -> ColumnSpec | None:
+    where = f"columns.{name}"
+    if not isinstance(spec, Mapping):
+        problems.append(f"{where}: expected a mapping with dtype/nullable/min/max/categories, got {spec!r}")
+        return None
+    allowed = {"dtype", "nullable", "min", "max", "categories"}
+    problems += [f"{where}: unknown key {k!r} (allowed: {sorted(allowed)})" for k in spec if k not in allowed]
+    dtype = spec.get("dtype")
+    if dtype not in DTYPES:
+        problems.append(f"{where}.dtype={dtype!r}: expected one of {list(DTYPES)}")
+        return None
+    nullable = spec.get("nullable", False)
+    if not isinstance(nullable, bool):
+        problems.append(f"{where}.nullable={nullable!r}: expected true or false")
+    lo, hi, cats = spec.get("min"), spec.get("max"), spec.get("categories")
+    if dtype == "category":
+        if lo is not None or hi is not None:
+            problems.append(f"{where}: min/max apply to numeric columns, not dtype category")
+        if not (isinstance(cats, Sequence) and not isinstance(cats, str) and len(cats) >= 1):
+            problems.append(f"{where}.categories={cats!r}: a category column needs a non-empty list of categories")
+            return None
+        names = [str(c) for c in cats]
+        if len(set(names)) != len(names):
+            problems.append(f"{where}.categories: values must be unique, got {names}")
+        return ColumnSpec(name, dtype, bool(nullable), categories=tuple(names))
+    if cats is not None:
+        problems.append(f"{where}: categories apply to dtype category, not {dtype}")
+    for key, v in (("min", lo), ("max", hi)):
+        if v is not None and not _is_num(v):
+            problems.append(f"{where}.{key}={v!r}: expected a number or null")
+            return None
+    if lo is not None and hi is not None and lo > hi:
+        problems.append(f"{where}: min={lo} > max={hi}")
+    return ColumnSpec(
+        name, dtype, bool(nullable), None if lo is None else float(lo), None if hi is None else float(hi)
+    )
+
+
+def _numeric_view(s: pd.Series) -> pd.Series:
+    """Values as float64; entries that are not numbers become NaN (reported by the dtype rule)."""
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype("float64")
+    if pd.api.types.is_numeric_dtype(s):
+        return s.astype("float64")
+    return pd.to_numeric(s, errors="coerce")
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """Expectations for a table: feature columns, the label column and its classes.
+
+    Args:
+        name: contract name, shown in reports.
+        target: the label column.
+        classes: allowed label values (ints or strings); their order defines the logits.
+        columns: feature columns, in the order the model sees them.
+        class_names: optional display names, one per class.
+    """
+
+    name: str
+    target: str
+    classes: tuple[Any, ...]
+    columns: tuple[ColumnSpec, ...]
+    class_names_: tuple[str, ...] | None = None
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> TableContract:
+        """Build from config data; :class:`ContractError` names every malformed field."""
+        spec = dict(spec)
+        problems: list[str] = []
+        if spec.pop("kind", "table") != "table":
+            problems.append("kind: a TableContract has kind 'table'")
+        allowed = {"name", "target", "classes", "columns", "class_names"}
+        problems += [f"unknown key {k!r} (allowed: {sorted(allowed | {'kind'})})" for k in spec if k not in allowed]
+        problems += [f"missing key {k!r}" for k in ("name", "target", "classes", "columns") if k not in spec]
+        if problems:
+            raise ContractError("invalid table contract: " + "; ".join(problems))
+        classes = spec["classes"]
+        if not (isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) >= 2):
+            problems.append(f"classes={classes!r}: expected a list of at least 2 label values")
+            classes = []
+        elif not (all(_is_int(c) for c in classes) or all(isinstance(c, str) for c in classes)):
+            problems.append(f"classes={list(classes)!r}: expected all integers or all strings")
+        elif len({str(c) for c in classes}) != len(classes):
+            problems.append(f"classes={list(classes)!r}: labels must be unique")
+        names = spec.get("class_names")
+        if names is not None and (not isinstance(names, Sequence) or len(names) != len(classes)):
+            problems.append(f"class_names={names!r}: expected one name per class ({len(classes)})")
+        cols = spec["columns"]
+        parsed: list[ColumnSpec] = []
+        if not isinstance(cols, Mapping) or not cols:
+            problems.append("columns: expected a non-empty mapping of column name -> spec")
+        else:
+            for col, cspec in cols.items():
+                c = _column_from_dict(str(col), cspec, problems)
+                if c is not None:
+                    parsed.append(c)
+            if spec["target"] in cols:
+                problems.append(f"columns: the target {spec['target']!r} is declared by `target`/`classes`, not a feature")
+        if problems:
+            raise ContractError("invalid table contract: " + "; ".join(problems))
+        return cls(
+            name=str(spec["name"]),
+            target=str(spec["target"]),
+            classes=tuple(int(c) if _is_int(c) else str(c) for c in classes),
+            columns=tuple(parsed),
+            class_names_=None if names is None else tuple(str(n) for n in names),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, numbers, strings): safe for ``torch.load(weights_only=True)``."""
+        out: dict[str, Any] = {
+            "kind": "table",
+            "name": self.name,
+            "target": self.target,
+            "classes": list(self.classes),
+            "columns": {c.name: c.to_dict() for c in self.columns},
+        }
+        if self.class_names_ is not None:
+            out["class_names"] = list(self.class_names_)
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form: equal contracts have equal fingerprints."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.class_names_) if self.class_names_ else [str(c) for c in self.classes]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one encoded sample, as the model receives it: one value per column."""
+        return (len(self.columns),)
+
+    def encoded_width(self) -> int:
+        """Width after the model's tabular preprocessing (see ``TabularPreprocess``)."""
+        width = 0
+        for c in self.columns:
+            if c.numeric:
+                width += 2 if c.nullable else 1
+            else:
+                width += len(c.categories or ()) + 1
+        return width
+
+    # ---------------------------------------------------------------- checking
+    def _schema(self, check_target: bool) -> Any:
+        import pandera.pandas as pa
+
+        columns: dict[str, Any] = {}
+        for c in self.columns:
+            checks = []
+            if c.numeric:
+                checks.append(
+                    pa.Check(
+                        lambda s, c=c: _numeric_ok(s, c.dtype),
+                        error=f"dtype|expected {c.dtype}",
+                        ignore_na=True,
+                    )
+                )
+                checks.append(pa.Check(lambda s: ~np.isinf(_numeric_view(s)), error="finite|Inf", ignore_na=True))
+                if c.min is not None or c.max is not None:
+                    lo = -np.inf if c.min is None else c.min
+                    hi = np.inf if c.max is None else c.max
+                    checks.append(
+                        pa.Check(
+                            lambda s, lo=lo, hi=hi: _numeric_view(s).between(lo, hi) | _numeric_view(s).isna(),
+                            error=f"range|allowed [{lo:g}, {hi:g}]",
+                            ignore_na=True,
+                        )
+                    )
+            else:
+                allowed = list(c.categories or ())
+                checks.append(
+                    pa.Check(
+                        lambda s, allowed=allowed: s.astype(str).isin(allowed),
+                        error=f"categories|allowed {allowed if len(allowed) <= 8 else allowed[:8] + ['...']}",
+                        ignore_na=True,
+                    )
+                )
+            columns[c.name] = pa.Column(None, nullable=c.nullable, checks=checks, required=True)
+        if check_target:
+            columns[self.target] = pa.Column(
+                None,
+                nullable=False,
+                checks=[
+                    pa.Check(
+                        lambda s: self._label_ok(s),
+                        error=f"classes|allowed {list(self.classes)}",
+                        ignore_na=True,
+                    )
+                ],
+                required=True,
+            )
+        return pa.DataFrameSchema(columns, strict=True, name=self.name)
+
+    def _label_ok(self, s: pd.Series) -> pd.Series:
+        if all(isinstance(c, int) for c in self.classes) and pd.api.types.is_numeric_dtype(s):
+            return s.astype("float64").isin([float(c) for c in self.classes])
+        return s.astype(str).isin([str(c) for c in self.classes])
+
+    def check(self, df: pd.DataFrame, split: str, with_target: bool = True) -> ContractReport:
+        """Validate ``df`` (its index = source row ids) and return every violation.
+
+        ``with_target=False`` checks features only (serving data has no labels).
+        """
+        import pandera.pandas as pa
+
+        n = len(df)
+        if n == 0:
+            return ContractReport(self.name, split, 0, (Violation("non-empty", "table", 0, 0, detail="no rows"),))
+        try:
+            self._schema(with_target).validate(df, lazy=True)
+        except pa.errors.SchemaErrors as err:
+            return ContractReport(self.name, split, n, tuple(_violations(err.failure_cases, n, self.target)))
+        return ContractReport(self.name, split, n, ())
+
+    def encode_labels(self, y: pd.Series | np.ndarray) -> np.ndarray:
+        """Label values -> int64 class indices in ``classes`` order (call after a clean check)."""
+        s = pd.Series(np.asarray(y))
+        if all(isinstance(c, int) for c in self.classes) and pd.api.types.is_numeric_dtype(s):
+            lookup = {float(c): i for i, c in enumerate(self.classes)}
+            return s.astype("float64").map(lookup).to_numpy(dtype=np.int64)
+        lookup = {str(c): i for i, c in enumerate(self.classes)}
+        return s.astype(str).map(lookup).to_numpy(dtype=np.int64)
+
+    def encode_features(self, df: pd.DataFrame) -> np.ndarray:
+        """Feature columns -> float32 ``(N, len(columns))``: numbers as they are (NaN kept:
+        the model imputes), categories as their index in ``categories`` (missing: -1)."""
+        out = np.empty((len(df), len(self.columns)), dtype=np.float32)
+        for j, c in enumerate(self.columns):
+            s = df[c.name]
+            if c.numeric:
+                out[:, j] = _numeric_view(s).to_numpy(dtype=np.float64)
+            else:
+                lookup = {v: i for i, v in enumerate(c.categories or ())}
+                codes = s.astype(str).map(lookup)
+                codes[s.isna()] = -1
+                out[:, j] = codes.fillna(-1).to_numpy(dtype=np.float64)
+        return out
+
+
+def _numeric_ok(s: pd.Series, dtype: str) -> pd.Series:
+    """Row-wise: the value is a number compatible with ``dtype`` (ints are valid floats;
+    an integer column read as float because of NaN is fine when the values are whole)."""
+    num = _numeric_view(s)
+    ok = num.notna()
+    if dtype in ("int64", "int32"):
+        ok &= np.isinf(num) | (num == np.round(num))
+    if dtype == "bool":
+        ok &= num.isin([0.0, 1.0])
+    return ok
+
+
+def _violations(failure_cases: pd.DataFrame, n: int, target: str) -> list[Violation]:
+    out: list[Violation] = []
+    fc = failure_cases
+    for (column, check), group in fc.groupby([fc["column"].fillna(""), fc["check"].astype(str)], sort=False):
+        rows = group["index"].dropna()
+        if check == "column_in_schema":
+            cols = [str(v) for v in group["failure_case"]]
+            out.append(Violation("extra-columns", ", ".join(cols), n, n, detail="columns not in the contract"))
+            continue
+        if check == "column_in_dataframe":
+            cols = [str(v) for v in group["failure_case"]]
+            out.append(Violation("missing-columns", ", ".join(cols), n, n, detail="columns the contract requires"))
+            continue
+        if check == "not_nullable":
+            rule, detail = "nullable", "missing value (NaN/empty) in a non-nullable column"
+        elif "|" in check:
+            rule, detail = check.split("|", 1)
+        else:
+            rule, detail = check, ""
+        feature = "label" if column == target else str(column)
+        if feature == "label":
+            detail = f"column {target!r}: {detail}"
+        ids = rows.to_numpy(dtype=np.int64) if len(rows) else None
+        uniq = np.unique(ids) if ids is not None else None
+        examples = tuple(
+            (int(i), _plain(v)) for i, v in zip(group["index"].head(MAX_EXAMPLES), group["failure_case"].head(MAX_EXAMPLES))
+        )
+        out.append(
+            Violation(rule, feature, int(uniq.size) if uniq is not None else n, n, examples, detail, uniq)
+        )
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return "NaN"
+    return v
+
+
+def infer_contract(
+    df: pd.DataFrame, target: str, name: str, max_categories: int = 50, margin: float = 0.0
+) -> TableContract:
+    """A starting contract from a reference table: dtypes, observed ranges, categories.
+
+    Numeric columns get their observed ``[min, max]`` (widened by ``margin`` x range);
+    text/boolean-like columns with at most ``max_categories`` distinct values become
+    ``category``; columns with missing values become nullable. Classes are the sorted
+    distinct labels.
+
+    Raises:
+        ContractError: the target is missing, or a text column has too many distinct values.
+    """
+    if target not in df.columns:
+        raise ContractError(f"--target {target!r} is not a column; columns: {list(map(str, df.columns))}")
+    cols: dict[str, Any] = {}
+    for col in df.columns:
+        if col == target:
+            continue
+        s = df[col]
+        nullable = bool(s.isna().any())
+        if pd.api.types.is_bool_dtype(s):
+            cols[str(col)] = {"dtype": "bool", "nullable": nullable, "min": 0, "max": 1}
+        elif pd.api.types.is_numeric_dtype(s):
+            dtype = "int64" if pd.api.types.is_integer_dtype(s) else "float64"
+            lo, hi = s.min(), s.max()
+            if pd.isna(lo):
+                lo = hi = None
+            else:
+                pad = (float(hi) - float(lo)) * margin
+                lo, hi = float(lo) - pad, float(hi) + pad
+                if dtype == "int64" and margin == 0:
+                    lo, hi = int(lo), int(hi)
+            cols[str(col)] = {"dtype": dtype, "nullable": nullable, "min": lo, "max": hi}
+        else:
+            values = sorted({str(v) for v in s.dropna().unique()})
+            if len(values) > max_categories:
+                raise ContractError(
+                    f"column {col!r} has {len(values)} distinct text values (more than --max-categories "
+                    f"{max_categories}): drop it, encode it, or raise --max-categories"
+                )
+            cols[str(col)] = {"dtype": "category", "nullable": nullable, "categories": values}
+    y = df[target].dropna()
+    if pd.api.types.is_numeric_dtype(y) and (y == np.round(y)).all():
+        classes: list[Any] = sorted(int(v) for v in y.unique())
+    else:
+        classes = sorted(str(v) for v in y.unique())
+    return TableContract.from_dict({"kind": "table", "name": name, "target": target, "classes": classes, "columns": cols})
+
+
+__all__ = ["ColumnSpec", "TableContract", "infer_contract"]

@@ -27,5 +27,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (bench/README.md): print ratios against a baseline measured in the same process.
+bench: setup
+	$(PY) bench/bench_data.py
+	$(PY) bench/bench_drift.py
+
 clean:
 	rm -rf outputs .pytest_cache

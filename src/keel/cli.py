@@ -3,6 +3,8 @@
     keel contract infer FILE --target COL [--name NAME]     print a starting contract (YAML)
     keel contract check CONTRACT FILE                       exit 1 when FILE breaks CONTRACT
     keel drift REFERENCE CURRENT                            exit 1 when a feature drifts past alert
+    keel bundle verify DIR                                  exit 1 when a bundle's files or outputs changed
+    keel predict DIR INPUT [--output FILE]                  predictions with labels and probabilities
 
 Exit status: 0 fine, 1 the data failed the check, 2 a usage or input error.
 """
@@ -38,7 +40,7 @@ def _load_yaml(path: str) -> dict[str, Any]:
 def _contract_infer(args: argparse.Namespace) -> int:
     import yaml
 
-    from keel.data.table import read_table
+    from keel.data.table_io import read_table
     from keel.data.table_contract import infer_contract
 
     df = read_table(args.file, args.format)
@@ -54,7 +56,7 @@ def _contract_infer(args: argparse.Namespace) -> int:
 
 def _contract_check(args: argparse.Namespace) -> int:
     from keel.data.contract import contract_from_dict
-    from keel.data.table import read_table
+    from keel.data.table_io import read_table
 
     contract = contract_from_dict(_load_yaml(args.contract))
     if getattr(contract, "target", None) is None:
@@ -111,7 +113,7 @@ def _columns_of(path: str, target: str | None, fmt: str, contract: Any) -> tuple
 
     p = Path(path)
     if p.suffix == ".npy":
-        from keel.data.in_memory import tensor_drift_columns
+        from keel.data.drift import tensor_drift_columns
 
         try:
             x = np.load(p, allow_pickle=False)
@@ -119,7 +121,7 @@ def _columns_of(path: str, target: str | None, fmt: str, contract: Any) -> tuple
             raise KeelError(f"{p}: not a readable .npy array ({e})") from None
         cols = tensor_drift_columns(x)
         return cols, {k: "numeric" for k in cols}, None
-    from keel.data.table import read_table, table_drift_columns
+    from keel.data.table_io import read_table, table_drift_columns
 
     df = read_table(path, fmt)
     labels = df[target] if target and target in df.columns else None
@@ -147,6 +149,68 @@ def _drift(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
     return EXIT_FAILED if result["status"] == "alert" else EXIT_OK
+
+
+def _bundle_verify(args: argparse.Namespace) -> int:
+    from keel.serve.bundle import verify_bundle
+
+    problems = verify_bundle(args.dir)
+    if problems:
+        print(f"{args.dir}: bundle verification FAILED ({len(problems)} problems):")
+        for p in problems:
+            print(f"  - {p}")
+        return EXIT_FAILED
+    from keel.export.bundle import read_manifest
+
+    m = read_manifest(args.dir)
+    models = ", ".join(f"{k}={v}" for k, v in m["models"].items() if v)
+    print(f"{args.dir}: OK ({len(m['files'])} files match their sha256; stored samples reproduce on {models})")
+    return EXIT_OK
+
+
+def _read_input(path: str, is_table: bool, fmt: str) -> Any:
+    import numpy as np
+
+    p = Path(path)
+    if p.suffix == ".npy":
+        if is_table:
+            raise KeelError(f"{p}: this bundle serves a table; give a CSV or Parquet file")
+        try:
+            return np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise KeelError(f"{p}: not a readable .npy array ({e})") from None
+    if not is_table:
+        raise KeelError(f"{p}: this bundle serves tensors; give a .npy array of shape (N, *shape)")
+    from keel.data.table_io import read_table
+
+    return read_table(p, fmt)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from keel.serve.bundle import load_bundle
+
+    bundle = load_bundle(args.dir, variant="int8" if args.int8 else "fp32")
+    data = _read_input(args.input, bundle.is_table, args.format)
+    index, probs = bundle.predict(data, Path(args.input).name)
+    names = bundle.manifest["class_names"]
+    classes = bundle.manifest["classes"]
+    header = ["row", "label", "class"] + [f"p_{n}" for n in names]
+    rows = [
+        [str(i), names[k], str(classes[k])] + [f"{p:.6f}" for p in probs[i]] for i, k in enumerate(index.tolist())
+    ]
+    if args.output and args.output.endswith(".json"):
+        out = [{"row": i, "label": names[k], "class": classes[k], "probabilities": dict(zip(names, map(float, probs[i])))}
+               for i, k in enumerate(index.tolist())]
+        Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+    else:
+        text = "\n".join(",".join(r) for r in [header, *rows]) + "\n"
+        if args.output:
+            Path(args.output).write_text(text)
+        else:
+            sys.stdout.write(text)
+    if args.output:
+        print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -182,6 +246,19 @@ def _parser() -> argparse.ArgumentParser:
         drift.add_argument(f"--{name}", type=float)
     drift.add_argument("--json", help="also write the full report to this file")
     drift.set_defaults(func=_drift)
+
+    bundle = sub.add_parser("bundle", help="check a bundle").add_subparsers(dest="action", required=True)
+    verify = bundle.add_parser("verify", help="check hashes and re-run the stored samples; exit 1 on mismatch")
+    verify.add_argument("dir")
+    verify.set_defaults(func=_bundle_verify)
+
+    predict = sub.add_parser("predict", help="predict with a bundle (ONNX Runtime; no torch)")
+    predict.add_argument("dir", help="bundle directory")
+    predict.add_argument("input", help="CSV/Parquet (tables) or .npy (tensors); checked against the contract first")
+    predict.add_argument("--output", help="write predictions here (.csv or .json) instead of stdout")
+    predict.add_argument("--int8", action="store_true", help="use the bundle's int8 model")
+    predict.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
+    predict.set_defaults(func=_predict)
     return parser
 
 
@@ -190,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `keel ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except KeelError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -124,6 +124,12 @@ def train(cfg: DictConfig) -> float | None:
     if rank_zero_only.rank == 0:
         _write_data_reports(output_dir, datamodule)
     model = build_model(cfg, datamodule)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config = run_config
+    if cfg.ckpt_path:
+        from keel.checkpoint import check_resumable
+
+        check_resumable(cfg.ckpt_path, dict(model.hparams.net), datamodule.contract.to_dict())
 
     loggers = _instantiate_group(cfg.get("logger"), "logger")
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
@@ -131,6 +137,12 @@ def train(cfg: DictConfig) -> float | None:
         log.info("logger=none: skipping the LR monitor (it needs a logger)")
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    from keel.callbacks import OnnxExport, Quantize
+
+    exporter = next((c for c in callbacks if isinstance(c, OnnxExport)), None)
+    quantizer = next((c for c in callbacks if isinstance(c, Quantize)), None)
+    if exporter is not None:
+        exporter.config = run_config
 
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -178,6 +190,7 @@ def train(cfg: DictConfig) -> float | None:
             "contract_fingerprint": datamodule.contract.fingerprint(),
             "seed": cfg.seed,
             "world_size": trainer.world_size,
+            "bundle": _bundle_record(exporter, quantizer),
             "wall_time_s": round(time.time() - started, 3),
         }
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -234,9 +247,22 @@ def _log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 6
         w.add_scalar("data/dropped_rows", dropped, 0)
 
 
+def _bundle_record(exporter: Any, quantizer: Any) -> dict[str, Any] | None:
+    manifest = (quantizer.manifest if quantizer is not None else None) or (exporter.manifest if exporter else None)
+    if manifest is None:
+        return None
+    return {
+        "dir": str(exporter.bundle_dir),
+        "models": manifest["models"],
+        "parity": manifest["parity"],
+        "metrics": {k: v for k, v in manifest["metrics"].items() if k != "training"},
+        "quantization": manifest.get("quantization"),
+    }
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -266,12 +292,72 @@ def _print_summary(output_dir: Path, loggers: list[Any], record: dict[str, Any])
         lines.append(f"  best ckpt     : {record['best_checkpoint']}")
     if record["last_checkpoint"]:
         lines.append(f"  last ckpt     : {record['last_checkpoint']}")
+    bundle = record.get("bundle")
+    if bundle:
+        q = bundle.get("quantization") or {}
+        int8 = ""
+        if q:
+            int8 = (f"; int8 kept (acc drop {q['accuracy_drop']:+.4f}, size x{q['size_ratio']:.2f})" if q["accepted"]
+                    else "; int8 left out (over the accuracy budget)")
+        lines.append(f"  bundle        : {bundle['dir']} (parity max|diff| {bundle['parity']['max_abs_diff']:.1e}{int8})")
     test = {k: v for k, v in record["metrics"].items() if k.startswith("test/")}
     lines.append("  test metrics  : " + "  ".join(f"{k}={v:.4f}" for k, v in test.items()))
     if record["objective"] is not None:
         lines.append(f"  objective     : {record['optimized_metric']}={record['objective']:.4f}")
     lines.append(f"  metrics file  : {output_dir / 'metrics.json'}")
     print("\n".join(lines), flush=True)
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Build the bundle of ``cfg.ckpt_path`` (the export.py job); return the manifest.
+
+    The data for parity checks, int8 calibration and evaluation is rebuilt from the config
+    stored in the checkpoint, so a checkpoint is all this needs.
+
+    Raises:
+        CheckpointError: missing/unsafe/foreign checkpoint. ExportError: export or parity failure.
+    """
+    from hydra.utils import instantiate
+
+    from keel.checkpoint import CheckpointError, keel_section, load_checkpoint
+    from keel.export.build import ExportOptions, QuantizeOptions, add_int8, export_checkpoint
+
+    _route_lightning_logs()
+    ckpt_path = Path(cfg.ckpt_path)
+    section = keel_section(load_checkpoint(ckpt_path), ckpt_path)
+    config = section.get("config")
+    if not config or "data" not in config:
+        raise CheckpointError(f"{ckpt_path}: holds no run config (written by an older keel?); cannot rebuild its data")
+    bundle_dir = Path(cfg.bundle_dir) if cfg.bundle_dir else ckpt_path.resolve().parent.parent / "bundle"
+
+    def options(node: DictConfig) -> dict[str, Any]:
+        return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("_target_", "bundle_dir")}
+
+    datamodule = instantiate(OmegaConf.create(config["data"]))
+    manifest = export_checkpoint(ckpt_path, bundle_dir, datamodule, ExportOptions(**options(cfg.callbacks.onnx_export)),
+                                 config=config)
+    if cfg.quantize_int8:
+        manifest = add_int8(bundle_dir, datamodule, QuantizeOptions(**options(cfg.callbacks.quantize)))
+    q = manifest.get("quantization") or {}
+    lines = ["", "keel: bundle written", f"  bundle        : {bundle_dir}",
+             f"  parity        : max|diff| {manifest['parity']['max_abs_diff']:.2e}, class agreement "
+             f"{manifest['parity']['class_agreement']:.4f} on {manifest['parity']['rows']} held-out rows",
+             f"  fp32          : test acc {manifest['metrics']['fp32']['test_acc']:.4f}"]
+    if q:
+        lines.append(f"  int8          : test acc {q['test_acc_int8']:.4f} (drop {q['accuracy_drop']:+.4f}), size "
+                     f"x{q['size_ratio']:.2f}, {'kept' if q['accepted'] else 'left out: ' + q['reason']}")
+    lines.append(f"  verify        : keel bundle verify {bundle_dir}")
+    print("\n".join(lines), flush=True)
+    return manifest
+
+
+def export_main(cfg: DictConfig) -> None:
+    """Hydra task function of export.py: user mistakes print one message and exit 2."""
+    try:
+        export(cfg)
+    except KeelError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 def main(cfg: DictConfig) -> float | None:

@@ -45,7 +45,7 @@ def test_own_csv_with_an_inferred_then_pinned_contract(tmp_path, capsys):
     pinned.write_text(capsys.readouterr().out)
     try:
         proc, run = _train(tmp_path, "data=csv", f"data.path={csv}", "data.target=label", f"data/contract={name}",
-                           "trainer.max_epochs=15", "logger=csv")
+                           "trainer.max_epochs=15", "logger=csv", "callbacks=training")
     finally:
         pinned.unlink()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,11 +80,11 @@ def test_drop_mode_writes_the_full_report(tmp_path):
     spec = tmp_path / "people.yaml"
     spec.write_text(yaml.safe_dump(contract))
     proc, _ = _train(tmp_path, "data=csv", f"data.path={csv}", "data.target=label", f"data.contract={spec}",
-                     "debug=fast", "logger=none")
+                     "debug=fast", "logger=none", "callbacks=training")
     assert proc.returncode == 2 and "categories on color: 2 of" in proc.stderr
 
     proc, run = _train(tmp_path, "data=csv", f"data.path={csv}", "data.target=label", f"data.contract={spec}",
-                       "data.on_violation=drop", "debug=fast", "logger=none")
+                       "data.on_violation=drop", "debug=fast", "logger=none", "callbacks=training")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "data.on_violation=drop: dropped" in proc.stdout + proc.stderr
     report = json.loads((run / "data" / "contract_report.json").read_text())

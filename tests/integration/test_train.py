@@ -43,6 +43,10 @@ def test_default_job_end_to_end(tmp_path):
     assert Path(m["best_checkpoint"]).is_file() and Path(m["last_checkpoint"]).name == "last.ckpt"
     assert sum(map(sum, m["confusion_matrix"])) == m["split_sizes"]["test"]
     assert (run / ".hydra" / "config.yaml").is_file()
+    bundle = m["bundle"]
+    assert bundle["parity"]["ok"] and bundle["parity"]["class_agreement"] == 1.0
+    assert bundle["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert (run / "bundle" / "model.onnx").is_file() and "bundle        :" in proc.stdout
     assert f"run directory : {run}" in proc.stdout and "tensorboard --logdir" in proc.stdout
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -62,7 +66,7 @@ def test_default_job_end_to_end(tmp_path):
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
 def test_each_model_and_optimizer_trains(compose_cfg, model, optimizer):
-    cfg = compose_cfg(f"model={model}", f"optimizer={optimizer}", "debug=fast", "logger=none")
+    cfg = compose_cfg(f"model={model}", f"optimizer={optimizer}", "debug=fast", "logger=none", "callbacks=training")
     value = train(cfg)
     m = _metrics(Path(cfg.paths.output_dir))
     assert value == m["metrics"]["val/acc_best"]
@@ -73,7 +77,8 @@ def test_each_model_and_optimizer_trains(compose_cfg, model, optimizer):
 def test_each_scheduler_trains_and_logs_lr(compose_cfg, scheduler):
     extra = {"step": ["scheduler.scheduler.step_size=1"], "plateau": ["scheduler.scheduler.patience=0", "monitor.mode=min"]}  # acc rising = "worse" under min
     cfg = compose_cfg(f"scheduler={scheduler}", *extra.get(scheduler, []), "trainer.max_epochs=3", "trainer.limit_train_batches=3",
-                      "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "logger=csv")
+                      "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "logger=csv",
+                      "callbacks=training")
     train(cfg)
     rows = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -96,7 +101,7 @@ def test_callbacks_none_and_bf16(compose_cfg):
 
 
 def test_same_seed_same_metrics_other_seed_differs(compose_cfg, tmp_path):
-    common = ["trainer.max_epochs=3", "logger=none", "trainer.deterministic=true"]
+    common = ["trainer.max_epochs=3", "logger=none", "trainer.deterministic=true", "callbacks=training"]
     results = []
     for i, seed in enumerate([7, 7, 8]):
         cfg = compose_cfg(f"seed={seed}", *common)
@@ -110,13 +115,14 @@ def test_same_seed_same_metrics_other_seed_differs(compose_cfg, tmp_path):
 # Resuming into a new run directory is what this test does; Lightning notes the move.
 @pytest.mark.filterwarnings("ignore:The dirpath has changed from:UserWarning")
 def test_resume_from_checkpoint_continues_training(compose_cfg, tmp_path):
-    cfg = compose_cfg("trainer.max_epochs=2", "logger=none", "callbacks.early_stopping.patience=100")
+    cfg = compose_cfg("trainer.max_epochs=2", "logger=none", "callbacks=training", "callbacks.early_stopping.patience=100")
     cfg.paths.output_dir = str(tmp_path / "first")
     train(cfg)
     first = _metrics(tmp_path / "first")
     last = first["last_checkpoint"]
 
-    cfg2 = compose_cfg("trainer.max_epochs=4", "logger=none", f"ckpt_path={last}", "callbacks.early_stopping.patience=100")
+    cfg2 = compose_cfg("trainer.max_epochs=4", "logger=none", f"ckpt_path={last}", "callbacks=training",
+                       "callbacks.early_stopping.patience=100")
     cfg2.paths.output_dir = str(tmp_path / "second")
     train(cfg2)
     second = _metrics(tmp_path / "second")
@@ -136,11 +142,13 @@ def test_ddp_two_processes_one_run_dir(tmp_path):
     writers = {p.name.split(".")[-2] for p in (run / "tensorboard").glob("events.out.tfevents.*")}
     assert len(writers) == 1, f"more than one process wrote TensorBoard events: {writers}"
     assert not list(run.glob("*ddp_process*")), "rank 1 wrote into the run directory"
+    assert m["bundle"]["parity"]["ok"] and len(list(tmp_path.rglob("manifest.json"))) == 1
     assert len([d for d in (tmp_path / "train" / "runs").iterdir()]) == 1
 
 
 def test_multirun_grid_each_job_its_own_dir(tmp_path):
-    proc = _train_py(tmp_path, "-m", "model=mlp,cnn", "optimizer=adam,sgd", "debug=fast", "logger=none")
+    proc = _train_py(tmp_path, "-m", "model=mlp,cnn", "optimizer=adam,sgd", "debug=fast", "logger=none",
+                     "callbacks=training")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = list((tmp_path / "debug" / "multiruns").iterdir())
     jobs = _run_dirs(sweep)
@@ -151,7 +159,8 @@ def test_multirun_grid_each_job_its_own_dir(tmp_path):
 
 def test_multirun_with_ddp_makes_one_sweep(tmp_path):
     """Lightning re-executes argv for rank 1; under -m that used to start a second sweep."""
-    proc = _train_py(tmp_path, "-m", "model=mlp,cnn", "trainer.devices=2", "debug=fast", "logger=none")
+    proc = _train_py(tmp_path, "-m", "model=mlp,cnn", "trainer.devices=2", "debug=fast", "logger=none",
+                     "callbacks=training")
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweeps = list((tmp_path / "debug" / "multiruns").iterdir())
     assert len(sweeps) == 1
@@ -161,7 +170,7 @@ def test_multirun_with_ddp_makes_one_sweep(tmp_path):
 
 
 def test_runs_started_together_never_share_a_dir(tmp_path):
-    cmd = [sys.executable, "train.py", f"paths.log_dir={tmp_path}", "debug=fast", "logger=none",
+    cmd = [sys.executable, "train.py", f"paths.log_dir={tmp_path}", "debug=fast", "logger=none", "callbacks=training",
            "callbacks.progress_bar.refresh_rate=0"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:

@@ -29,7 +29,7 @@ ALL = [(g, o) for g in GROUPS for o in _options(g)]
 
 
 def test_every_config_file_is_covered():
-    on_disk = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")} - {"train.yaml"}
+    on_disk = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")} - {"train.yaml", "export.yaml"}
     covered = {f"{g}/{o}.yaml" for g, o in ALL}
     assert on_disk == covered, f"untested config files: {sorted(on_disk - covered)}"
 
@@ -104,7 +104,8 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     if group == "callbacks":
         assert len(callbacks) == len(cfg.callbacks or {})
         names = {type(c).__name__ for c in callbacks}
-        expected = {"default": {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar"}, "none": set()}
+        training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar"}
+        expected = {"default": training | {"OnnxExport", "Quantize"}, "training": training, "none": set()}
         if option in expected:
             assert names == expected[option]
     if group == "logger":
@@ -143,3 +144,21 @@ def test_model_shapes_come_from_the_data_contract(compose_cfg):
     cfg = compose_cfg("model=cnn", "data.contract.classes=[0,1,2]", "data.contract.shape=[3,16,16]")
     assert list(cfg.model.net.input_shape) == [3, 16, 16]
     assert cfg.model.net.num_classes == 3
+
+
+def test_export_config_composes_with_the_callback_options(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from keel.export.build import ExportOptions, QuantizeOptions
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="export", overrides=[f"ckpt_path={tmp_path / 'x.ckpt'}", "paths.output_dir=/tmp/x"])
+    GlobalHydra.instance().clear()
+    assert cfg.bundle_dir is None and cfg.quantize_int8 is True
+    for key, cls in (("onnx_export", ExportOptions), ("quantize", QuantizeOptions)):
+        node = OmegaConf.to_container(cfg.callbacks[key], resolve=True)
+        cb = instantiate(cfg.callbacks[key])
+        opts = {k: v for k, v in node.items() if k not in ("_target_", "bundle_dir")}
+        assert cb.options == cls(**opts)

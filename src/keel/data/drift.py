@@ -866,3 +866,24 @@ def format_report(report: dict, max_features: int = 10) -> str:
                 line = f"    {fname:<{width}}  {f['kind']:<11}  psi {_fmt(f['psi'])}  js {_fmt(f['js'])}  {f['status']:<5}"
                 lines.append((line + (f"  ({'; '.join(notes)})" if notes else "")).rstrip())
     return "\n".join(lines)
+
+
+# Above this many flattened values per sample, drift is computed on per-channel summaries
+# (mean/std/min/max of each sample) instead of on every value.
+MAX_DRIFT_FEATURES = 256
+
+
+def tensor_drift_columns(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Numeric drift features of tensor samples ``(N, *shape)``: every value (``x0``, ``x1``, ...
+    in flattened order) up to MAX_DRIFT_FEATURES values per sample, else per-channel
+    summaries of each sample (``c0.mean``, ``c0.std``, ``c0.min``, ``c0.max``, ...)."""
+    x = np.asarray(x, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    if flat.shape[1] <= MAX_DRIFT_FEATURES:
+        return {f"x{i}": flat[:, i] for i in range(flat.shape[1])}
+    per_ch = x.reshape(len(x), x.shape[1] if x.ndim > 2 else 1, -1)
+    cols = {}
+    for c in range(per_ch.shape[1]):
+        for stat in ("mean", "std", "min", "max"):
+            cols[f"c{c}.{stat}"] = getattr(per_ch[:, c, :], stat)(axis=1)
+    return cols

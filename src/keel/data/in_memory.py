@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from keel.data.batches import IndexBatchSampler
+from keel.data.drift import tensor_drift_columns
 from keel.data.contract import ContractReport, ContractViolationError, Violation, contract_from_dict
 from keel.data.split import stratified_holdout, stratified_split
 from keel.errors import KeelError
@@ -22,9 +23,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 ON_VIOLATION = ("raise", "drop")
-# Above this many flattened values per sample, drift is computed on per-channel summaries
-# (mean/std/min/max of each sample) instead of on every value.
-MAX_DRIFT_FEATURES = 256
 
 
 def load_contract_spec(contract: Mapping[str, Any] | str) -> dict[str, Any]:
@@ -43,22 +41,6 @@ def load_contract_spec(contract: Mapping[str, Any] | str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise KeelError(f"{path}: expected a contract mapping, got {type(spec).__name__}")
     return spec
-
-
-def tensor_drift_columns(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Numeric drift features of tensor samples ``(N, *shape)``: every value (``x0``, ``x1``, ...
-    in flattened order) up to MAX_DRIFT_FEATURES values per sample, else per-channel
-    summaries of each sample (``c0.mean``, ``c0.std``, ``c0.min``, ``c0.max``, ...)."""
-    x = np.asarray(x, dtype=np.float64)
-    flat = x.reshape(len(x), -1)
-    if flat.shape[1] <= MAX_DRIFT_FEATURES:
-        return {f"x{i}": flat[:, i] for i in range(flat.shape[1])}
-    per_ch = x.reshape(len(x), x.shape[1] if x.ndim > 2 else 1, -1)
-    cols = {}
-    for c in range(per_ch.shape[1]):
-        for stat in ("mean", "std", "min", "max"):
-            cols[f"c{c}.{stat}"] = getattr(per_ch[:, c, :], stat)(axis=1)
-    return cols
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -303,6 +285,13 @@ class InMemoryDataModule(L.LightningDataModule):
         """Rows per class of ``split``, in contract class order."""
         y = self._data[split].tensors[1]
         return torch.bincount(y, minlength=self.contract.num_classes).tolist()
+
+    def split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded features (float32, as the model receives them) and class indices of a split."""
+        if not self._data:
+            self.setup()
+        x, y = self._data[split].tensors
+        return x.numpy(), y.numpy()
 
     def split_sizes(self) -> dict[str, int]:
         return {s: len(d) for s, d in self._data.items()}

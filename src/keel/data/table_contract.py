@@ -191,7 +191,8 @@ class TableContract:
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON form: equal contracts have equal fingerprints."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        # to_dict is canonical; column order matters (it is the model's input order), so no sort_keys
+        return hashlib.sha256(json.dumps(self.to_dict()).encode()).hexdigest()
 
     # ---------------------------------------------------------------- properties
     @property
@@ -302,6 +303,10 @@ class TableContract:
         lookup = {str(c): i for i, c in enumerate(self.classes)}
         return s.astype(str).map(lookup).to_numpy(dtype=np.int64)
 
+    def decode_features(self, x: np.ndarray) -> pd.DataFrame:
+        """Inverse of :meth:`encode_features`: encoded rows back to a table of raw values."""
+        return _decode(self, x)
+
     def encode_features(self, df: pd.DataFrame) -> np.ndarray:
         """Feature columns -> float32 ``(N, len(columns))``: numbers as they are (NaN kept:
         the model imputes), categories as their index in ``categories`` (missing: -1)."""
@@ -316,6 +321,21 @@ class TableContract:
                 codes[s.isna()] = -1
                 out[:, j] = codes.fillna(-1).to_numpy(dtype=np.float64)
         return out
+
+
+def _decode(contract: TableContract, x: np.ndarray) -> pd.DataFrame:
+    data: dict[str, Any] = {}
+    for j, c in enumerate(contract.columns):
+        col = np.asarray(x[:, j], dtype=np.float64)
+        if c.numeric:
+            if c.dtype in ("int64", "int32", "bool") and not np.isnan(col).any():
+                data[c.name] = col.astype(np.int64)
+            else:
+                data[c.name] = col
+        else:
+            cats = list(c.categories or ())
+            data[c.name] = [cats[int(v)] if 0 <= v < len(cats) else None for v in col]
+    return pd.DataFrame(data)
 
 
 def _numeric_ok(s: pd.Series, dtype: str) -> pd.Series:

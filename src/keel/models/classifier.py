@@ -179,5 +179,7 @@ class Classifier(L.LightningModule):
             "contract": dict(self.hparams.contract),
             "preprocessing": dict(self.hparams.preprocessing),
             "reference": dict(self.hparams.reference or {}),
+            # the run's resolved config (set by keel.pipeline): export rebuilds the data from it
+            "config": getattr(self, "run_config", None),
             "metric_names": [f"{s}/{m}" for s in SPLITS for m in PER_SPLIT],
         }

@@ -1,0 +1,89 @@
+"""Read CSV/Parquet tables and pick their drift columns (pandas only: no torch, used by serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from keel.data.table_contract import TableContract, _numeric_view
+from keel.errors import KeelError
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class TableReadError(KeelError):
+    """A table file cannot be read: missing, empty, not CSV/Parquet, or without the label column."""
+
+
+def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame whose index is the 0-based data row number.
+
+    Args:
+        path: the file.
+        fmt: ``auto`` (by suffix, also ``.csv.gz``), ``csv`` or ``parquet``.
+
+    Raises:
+        TableReadError: naming the file and the fix, for a missing, empty or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TableReadError(f"{p}: no such file. Fix: data.path=<a .csv or .parquet file>")
+    if fmt == "auto":
+        suffixes = [s.lower() for s in p.suffixes]
+        if suffixes and suffixes[-1] in (".gz", ".bz2", ".zip", ".xz") and len(suffixes) > 1:
+            suffixes = suffixes[:-1]
+        fmt = FORMATS.get(suffixes[-1] if suffixes else "", "")
+        if not fmt:
+            raise TableReadError(
+                f"{p}: cannot tell the format from the suffix {p.suffix!r}: expected one of "
+                f"{sorted(FORMATS)}. Fix: rename the file or set data.format=csv|parquet"
+            )
+    if p.stat().st_size == 0:
+        raise TableReadError(f"{p}: the file is empty. Fix: point data.path at a file with a header and rows")
+    try:
+        if fmt == "csv":
+            sep = "\t" if p.suffix.lower() == ".tsv" else ","
+            df = pd.read_csv(p, sep=sep)
+        elif fmt == "parquet":
+            df = pd.read_parquet(p)
+        else:
+            raise TableReadError(f"data.format={fmt!r}: expected auto, csv or parquet")
+    except pd.errors.EmptyDataError:
+        raise TableReadError(f"{p}: no columns to read (empty CSV). Fix: add a header line and rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        if isinstance(e, TableReadError):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TableReadError(f"{p}: not a readable {fmt.upper()} file ({first}). Fix: check the file's format") from None
+    if df.empty:
+        raise TableReadError(f"{p}: the file has a header but no rows. Fix: point data.path at a file with data")
+    return df.reset_index(drop=True)
+
+
+def table_drift_columns(
+    df: pd.DataFrame, contract: TableContract | None = None, exclude: tuple[str, ...] = ()
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Feature columns of ``df`` for drift statistics, and their kinds (numeric/categorical).
+
+    With a contract: its feature columns and dtypes. Without: every column not in
+    ``exclude``, numeric pandas dtypes as numeric, the rest as categorical.
+    """
+    cols: dict[str, np.ndarray] = {}
+    kinds: dict[str, str] = {}
+    if contract is not None:
+        specs = [(c.name, c.numeric) for c in contract.columns]
+    else:
+        specs = [(str(c), pd.api.types.is_numeric_dtype(df[c])) for c in df.columns if c not in exclude]
+    for name, numeric in specs:
+        if name not in df.columns:
+            raise KeelError(f"column {name!r} is missing; columns are {list(map(str, df.columns))}")
+        if numeric:
+            cols[name] = _numeric_view(df[name]).to_numpy(dtype=np.float64)
+            kinds[name] = "numeric"
+        else:
+            s = df[name]
+            cols[name] = s.astype(object).where(s.notna(), None).to_numpy()
+            kinds[name] = "categorical"
+    return cols, kinds

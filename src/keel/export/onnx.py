@@ -1,0 +1,84 @@
+"""Export a trained Classifier to ONNX with the dynamo exporter, preprocessing inside the graph."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from keel.errors import KeelError
+
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+class ExportError(KeelError):
+    """The model could not be exported, or the export does not match the PyTorch model."""
+
+
+class InferenceModel(nn.Module):
+    """What ships: raw contract-conforming input -> (logits, softmax probabilities)."""
+
+    def __init__(self, preprocess: nn.Module, net: nn.Module) -> None:
+        super().__init__()
+        self.preprocess, self.net = preprocess, net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(self.preprocess(x))
+        return logits, torch.softmax(logits, dim=-1)
+
+
+def inference_model(classifier: Any) -> InferenceModel:
+    """The eval-mode, float32, CPU inference model of a Classifier."""
+    model = InferenceModel(classifier.preprocess, classifier.net).float().cpu().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset: int = 18) -> dict[str, Any]:
+    """Write ``model`` to ``path`` (weights embedded, dynamic batch axis) and run
+    ``onnx.checker`` with ``full_check``; return the graph's input/output description.
+
+    Raises:
+        ExportError: the exporter or the checker failed (message says which and why).
+    """
+    import onnx
+
+    # The exporter logs one line per torchvision op it cannot register; torchvision is not used here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            external_data=False,  # one self-contained file (models here are far below 2 GB)
+            verbose=False,
+        )
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; report one clear error
+        raise ExportError(f"torch.onnx.export (dynamo) failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"onnx.checker rejected {path.name}: {e}") from e
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims})
+        return out
+
+    return {"inputs": describe(graph.input), "outputs": describe(graph.output), "opset": opset,
+            "dynamic_axes": {INPUT_NAME: {"0": "batch"}, **{o: {"0": "batch"} for o in OUTPUT_NAMES}}}

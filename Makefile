@@ -31,6 +31,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_drift.py
+	$(PY) bench/bench_inference.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_bench(script: str, *args: str) -> str:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -77,3 +79,67 @@ def test_bench_drift_small() -> None:
         assert rate > 0 and abs(rate * seconds - rows) <= rate * 0.0005 + 1
     assert re.search(r"^\s+total\s+[\d.]+ s$", out, re.M)
     assert "shared rows 200 (planted 200)" in out
+
+
+@pytest.mark.integration  # trains and exports three small models (~40-70 s)
+def test_bench_inference_quick() -> None:
+    out = run_bench("bench_inference.py", "--quick")
+    assert out.startswith("machine: ")
+    for lib in ("torch", "onnxruntime"):
+        assert f"| {lib} " in out.splitlines()[0]
+    models = ("digits/mlp", "digits/cnn", "breast_cancer/mlp")
+
+    assert "[1] bundles: 1 epochs each" in out
+    for model in models:
+        size = r"\s+([\d,]+)\s+([\d,]+)\s+(\d+)%\s+([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)$"
+        m = re.search(rf"^\s+{re.escape(model)}{size}", out, re.M)
+        assert m, f"no size row for {model}:\n{out}"
+        params, b32, bdyn, bsta = (_number(m[i]) for i in (1, 2, 4, 6))
+        # int8 weights: about a quarter of the fp32 bytes, plus scales and graph; weights dominate these files
+        assert params > 10_000 and int(m[3]) >= 80
+        assert float(m[5]) == pytest.approx(bdyn / b32, abs=0.006) and float(m[5]) < 0.5
+        assert float(m[7]) == pytest.approx(bsta / b32, abs=0.006) and float(m[7]) < 0.5
+        m = re.search(rf"^\s+{re.escape(model)}\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+)\s+([\d.]+)\s+"
+                      rf"([+-][\d.]+)\s+[\d.]+pt\s+(kept|out)/(kept|out)$", out, re.M)
+        assert m, f"no accuracy row for {model}:\n{out}"
+        rows = int(m[1])
+        eager, fp32, dyn, static = (float(m[i]) for i in (2, 3, 4, 6))
+        assert rows == {"breast_cancer/mlp": 113}.get(model, 269)
+        assert all(0 <= a <= 1 for a in (eager, fp32, dyn, static))
+        assert abs(eager - fp32) <= 1 / rows + 1e-4  # the export's parity gate
+        assert float(m[5]) == pytest.approx(100 * (dyn - fp32), abs=0.02)
+        assert float(m[7]) == pytest.approx(100 * (static - fp32), abs=0.02)
+    assert "checks: recomputed accuracies match the manifests: yes; eager and ORT fp32 agree: yes" in out
+
+    assert "[2] latency, ms per call: median of 1 rounds x 10 calls" in out
+    rows = re.findall(r"^\s+(\S+)\s+(1|\d+/auto)\s+(1|64)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+                      r"([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert sorted((r[0], r[2]) for r in rows) == sorted((m, b) for m in models for b in ("1", "64") for _ in range(2))
+    for row in rows:
+        eager, fp32, ort_eager, dyn, dyn_fp32, static, st_fp32 = map(float, row[3:])
+        assert min(eager, fp32, dyn, static) > 0
+        # ratios of the unrounded medians vs those printed with 3 decimals
+        for ratio, num, den in ((ort_eager, fp32, eager), (dyn_fp32, dyn, fp32), (st_fp32, static, fp32)):
+            assert ratio == pytest.approx(num / den, rel=0.1, abs=0.02), row
+
+    assert "[3] keel predict cold start" in out
+    m = re.search(r"^\s+python -c pass \(baseline\)\s+([\d.]+)\s+([\d.]+)\s+1\.0$", out, re.M)
+    assert m, out
+    base = float(m[2])
+    for label in ("digits/mlp \\(tensor\\) \\.npy", "breast_cancer/mlp \\(table\\) \\.csv"):
+        m = re.search(rf"^\s+{label}\s+([\d.]+)\s+([\d.]+)\s+(met|over)\s+([\d.]+)$", out, re.M)
+        assert m, f"no cold-start row for {label}:\n{out}"
+        best, median = float(m[1]), float(m[2])
+        assert base < best <= median and (m[3] == "met") == (median < 0.5)
+    child = re.search(r"^\s+= child process wall\s+([\d.]+)\s+100%\s+([\d.]+)\s+100%$", out, re.M)
+    assert child, out
+    m = re.search(r"^\s+import pandera\s+-\s+([\d.]+)\s+\d+%$", out, re.M)  # tables only
+    assert m and 0 < float(m[1]) < float(child[2]), out
+    # the tensor path never imports pandas; the table path does (CSV + pandera contract)
+    tensor = re.search(r"-X importtime of the real command, digits/mlp \(tensor\): (.*)$", out, re.M)
+    table = re.search(r"-X importtime of the real command, breast_cancer/mlp \(table\): (.*)$", out, re.M)
+    assert tensor and table, out
+    assert "numpy" in tensor[1] and "onnxruntime" in tensor[1] and "pandas" not in tensor[1]
+    assert "pandas" in table[1] and "pandera" in table[1]
+    assert re.search(r"keel predict cold start \(median\): digits/mlp \(tensor\) [\d.]+ s, breast_cancer/mlp "
+                     r"\(table\) [\d.]+ s", out)

@@ -23,7 +23,7 @@ import torch
 from keel.checkpoint import keel_section, load_checkpoint
 from keel.export.bundle import check_files, read_manifest, staged, write_manifest
 from keel.export.onnx import ExportError, export_onnx, inference_model
-from keel.export.quantize import quantize_onnx
+from keel.export.quantize import quantize_onnx, resolve_mode
 from keel.export.runtime import accuracy, latency, run, session
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ExportOptions:
 class QuantizeOptions:
     """int8 quantization and its accuracy budget (``max_accuracy_drop``: in accuracy points / 100)."""
 
-    mode: str = "dynamic"
+    mode: str = "auto"
     calibration_batches: int = 8
     batch_size: int = 64
     max_accuracy_drop: float = 0.01
@@ -222,7 +222,8 @@ def add_int8(bundle_dir: str | Path, datamodule: Any, options: QuantizeOptions =
     calibration = [x_train[pick[i : i + options.batch_size]] for i in range(0, len(pick), options.batch_size)]
 
     with staged(bundle_dir, copy_existing=True) as tmp:
-        quantize_onnx(tmp / FP32, tmp / INT8, options.mode, calibration, options.per_channel)
+        mode = resolve_mode(options.mode, tmp / FP32)
+        quantize_onnx(tmp / FP32, tmp / INT8, mode, calibration, options.per_channel)
         s32, s8 = session(tmp / FP32), session(tmp / INT8)
         batches = _batches(x_test, y_test, 1024)
         acc32, rows = accuracy(s32, batches)
@@ -232,9 +233,10 @@ def add_int8(bundle_dir: str | Path, datamodule: Any, options: QuantizeOptions =
         accepted = drop <= options.max_accuracy_drop + 1e-12
         lat8 = _latency_ms(s8, x_test)
         quant = {
-            "mode": options.mode,
+            "mode": mode,
+            "mode_requested": options.mode,
             "per_channel": options.per_channel,
-            "calibration_rows": int(len(pick)) if options.mode == "static" else 0,
+            "calibration_rows": int(len(pick)) if mode == "static" else 0,
             "test_acc_fp32": acc32,
             "test_acc_int8": acc8,
             "accuracy_drop": drop,

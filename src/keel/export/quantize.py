@@ -7,7 +7,20 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("dynamic", "static")
+MODES = ("auto", "dynamic", "static")
+# Dynamic quantization turns Conv into ConvInteger, which ONNX Runtime runs 5-10x slower than
+# fp32 on CPU (bench/bench_inference.py); static QDQ runs convolutions faster than fp32.
+CONV_OPS = {"Conv", "ConvTranspose"}
+
+
+def resolve_mode(mode: str, fp32: Path) -> str:
+    """``auto``: ``static`` for graphs with convolutions, ``dynamic`` otherwise."""
+    if mode != "auto":
+        return mode
+    import onnx
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    return "static" if any(n.op_type in CONV_OPS for n in graph.node) else "dynamic"
 
 
 def quantize_onnx(
@@ -17,7 +30,8 @@ def quantize_onnx(
 
     ``dynamic``: int8 weights, activations quantized on the fly. ``static``: int8 weights and
     activations in QDQ format, activation ranges calibrated on ``calibration`` batches (raw
-    inputs, as the model receives them). Both run ``quant_pre_process`` first.
+    inputs, as the model receives them). ``auto``: see :func:`resolve_mode`. All run
+    ``quant_pre_process`` first.
 
     Raises:
         ValueError: an unknown mode, or static without calibration batches.
@@ -33,6 +47,7 @@ def quantize_onnx(
 
     if mode not in MODES:
         raise ValueError(f"quantize.mode={mode!r}: expected one of {list(MODES)}")
+    mode = resolve_mode(mode, fp32)
     pre = out.with_name(out.stem + ".pre.onnx")
     quant_pre_process(str(fp32), str(pre))
     try:

@@ -5,6 +5,8 @@
     keel drift REFERENCE CURRENT                            exit 1 when a feature drifts past alert
     keel bundle verify DIR                                  exit 1 when a bundle's files or outputs changed
     keel predict DIR INPUT [--output FILE]                  predictions with labels and probabilities
+    keel sweep report MULTIRUN_DIR                          every job of a sweep, best first
+    keel replay RUN_DIR                                     re-run a run; exit 1 when its metrics differ
 
 Exit status: 0 fine, 1 the data failed the check, 2 a usage or input error.
 """
@@ -213,6 +215,19 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sweep_report(args: argparse.Namespace) -> int:
+    from keel.sweep.report import build_report, format_csv, format_markdown, format_terminal
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    report = build_report(args.dirs, direction=args.direction, metrics=metrics)
+    sys.stdout.write(format_terminal(report))
+    for path, text in ((args.markdown, format_markdown), (args.csv, format_csv)):
+        if path:
+            Path(path).write_text(text(report))
+            print(f"written: {path}")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +274,24 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--int8", action="store_true", help="use the bundle's int8 model")
     predict.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
     predict.set_defaults(func=_predict)
+
+    from keel.replay import add_replay_parser
+
+    add_replay_parser(sub)
+
+    sweep = sub.add_parser("sweep", help="look at a sweep (python train.py -m ...)").add_subparsers(
+        dest="action", required=True
+    )
+    report = sweep.add_parser("report", help="one table of every job of a sweep dir, best first")
+    report.add_argument("dirs", nargs="+", metavar="MULTIRUN_DIR",
+                        help="sweep dir(s), e.g. outputs/train/multiruns/<date>_<time>_<id>")
+    report.add_argument("--direction", choices=["maximize", "minimize"],
+                        help="sort order (default: the Optuna study's, else from the metric's name)")
+    report.add_argument("--metrics", help="comma-separated metric columns (default: test/acc,test/loss,val/acc_best,"
+                                          "val/loss_best)")
+    report.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    report.add_argument("--csv", metavar="FILE", help="also write every metric of every job as CSV")
+    report.set_defaults(func=_sweep_report)
     return parser
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from keel.config.validate import validate_config
 from keel.errors import KeelError
@@ -22,8 +26,13 @@ from keel.errors import KeelError
 log = logging.getLogger("keel")
 
 
-def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a callbacks/logger group (None/empty: [])."""
+def _instantiate_group(
+    group: DictConfig | None, what: str, kwargs_for: Callable[[DictConfig], dict[str, Any]] | None = None
+) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (None/empty: []).
+
+    ``kwargs_for(node)``: extra constructor arguments for an entry (e.g. a resumed run's TensorBoard purge step).
+    """
     from hydra.utils import instantiate
 
     if not group:
@@ -32,7 +41,7 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
     for name, node in group.items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise KeelError(f"{what}.{name} has no _target_: each entry of `{what}` must be a config with a _target_")
-        out.append(instantiate(node))
+        out.append(instantiate(node, **(kwargs_for(node) if kwargs_for else {})))
     return out
 
 
@@ -92,29 +101,232 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items())}
 
 
+def _is_launcher() -> bool:
+    """True in the process the user started (rank 0), False in DDP children and other ranks."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+
+
+def _check_run_dir(output_dir: Path, auto: bool, ckpt_path: str | None) -> None:
+    """Refuse a run directory another live process is writing, or one that already holds a run
+    while this command neither continues it (ckpt_path=auto) nor resumes a checkpoint."""
+    from keel.run_manifest import RunStateError, pid_alive, run_status
+
+    status, record = run_status(output_dir)
+    if status is None:
+        return
+    host = (record or {}).get("host") or {}
+    pid = host.get("pid")
+    if (status == "running" and isinstance(pid, int) and pid != os.getpid()
+            and host.get("hostname") == socket.gethostname() and pid_alive(pid)):
+        _restore_hydra_record(record)
+        raise RunStateError(
+            f"{output_dir} is in use: process {pid} on this host is running it (run.json status 'running'). "
+            "Fix: wait for it, stop it, or choose another run_dir"
+        )
+    if not auto and not ckpt_path:
+        _restore_hydra_record(record)
+        raise RunStateError(
+            f"run_dir={str(output_dir)!r} already holds a run (status {status!r}, started "
+            f"{(record or {}).get('started_at', '?')}). Fix: add ckpt_path=auto to continue it (or to reuse its "
+            "results when it finished), or choose another run_dir"
+        )
+
+
+def _restore_hydra_record(record: dict[str, Any] | None) -> None:
+    """Put the run's own overrides and config back into ``.hydra/`` (Hydra rewrote them for the
+    refused command before keel could look at the directory)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not record or not HydraConfig.initialized() or record.get("overrides") is None:
+        return
+    hc = HydraConfig.get()
+    if not hc.output_subdir:
+        return
+    subdir = Path(hc.runtime.output_dir) / hc.output_subdir
+    OmegaConf.save(OmegaConf.create(list(record["overrides"])), subdir / "overrides.yaml")
+    if record.get("config") is not None:
+        OmegaConf.save(OmegaConf.create(record["config"]), subdir / "config.yaml")
+
+
+def _finished_result(cfg: DictConfig, output_dir: Path) -> tuple[bool, float | None]:
+    """(True, objective) when ``output_dir`` holds a finished run of this same config."""
+    from keel.run_manifest import RESUME_KEYS, config_differences, run_status
+
+    status, record = run_status(output_dir)
+    if status != "finished" or record is None:
+        return False, None
+    stored = record.get("config")
+    if stored is not None:
+        current = OmegaConf.to_container(cfg, resolve=True)
+        diffs = config_differences(stored, current, ignore=(*RESUME_KEYS, "paths", "callbacks.progress_bar"))
+        if diffs:
+            log.info("ckpt_path=auto: %s finished with another config (%s); continuing it from its newest checkpoint",
+                     output_dir, "; ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else ""))
+            return False, None
+    metrics = record.get("metrics") or {}
+    objective = metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None
+    lines = ["", "keel: run already finished (ckpt_path=auto): nothing to train", f"  run directory : {output_dir}",
+             f"  record        : {output_dir / 'run.json'}", f"  metrics file  : {output_dir / 'metrics.json'}"]
+    test = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/")}
+    if test:
+        lines.append("  test metrics  : " + "  ".join(f"{k}={v:.4f}" for k, v in test.items()))
+    if objective is not None:
+        lines.append(f"  objective     : {cfg.optimized_metric}={objective:.4f}")
+    print("\n".join(lines), flush=True)
+    return True, objective
+
+
+def _auto_resume(output_dir: Path) -> str | None:
+    from keel.run_manifest import find_resume_checkpoint
+
+    ckpt = find_resume_checkpoint(output_dir)
+    if ckpt is None:
+        log.info("ckpt_path=auto: no complete checkpoint in %s/checkpoints: starting fresh", output_dir)
+        return None
+    log.info("ckpt_path=auto: resuming %s from %s", output_dir, ckpt)
+    return str(ckpt)
+
+
+def _task_overrides() -> list[str] | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 def train(cfg: DictConfig) -> float | None:
     """Run one training job; return ``cfg.optimized_metric`` (for sweepers), or None.
+
+    ``ckpt_path=auto`` continues the run in ``paths.output_dir`` (``run_dir``) from its newest
+    complete checkpoint, starts fresh when it has none, and trains nothing when that run
+    already finished with this config (its objective is returned). The run's record,
+    ``<run dir>/run.json``, is written at the start and at the end (see keel.run_manifest).
 
     Raises:
         ConfigError: the config or this machine cannot run it (nothing was trained).
         ContractViolationError: a data split breaks the contract (nothing was trained).
+        RunStateError: the run directory holds another run, or is in use.
+        NonFiniteError: the loss or a gradient became NaN/Inf (training stopped at that step).
     """
     started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    if "run_dir" in cfg:
+        cfg.run_dir = str(output_dir)  # the directory this run really writes (sweeps: the job's)
+    auto = cfg.ckpt_path == "auto"
+    if auto:
+        cfg.ckpt_path = None  # checked as "no checkpoint", resolved below
     validate_config(cfg)
+    launcher = _is_launcher()
+    if launcher:
+        _check_run_dir(output_dir, auto, cfg.ckpt_path)
+    if auto:
+        if launcher:
+            done, objective = _finished_result(cfg, output_dir)
+            if done:
+                return objective
+        cfg.ckpt_path = _auto_resume(output_dir)
 
     from keel.config.machine import check_machine
 
     check_machine(cfg)
 
+    manifest = None
+    if launcher:
+        from keel.run_manifest import RunManifest
+
+        manifest = RunManifest(output_dir)
+        manifest.start(config=OmegaConf.to_container(cfg, resolve=True), overrides=_task_overrides(), seed=cfg.seed,
+                       resumed_from=cfg.ckpt_path)
+    try:
+        return _fit_and_record(cfg, output_dir, started, manifest)
+    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl+C and SIGTERM into SystemExit
+        if manifest is not None:
+            manifest.end("interrupted", wall_time_s=time.time() - started, error=e, message=_interruption(e))
+        if isinstance(e, SystemExit) and not e.code:
+            # Lightning's SIGTERM exit carries no status: a killed job must not look successful
+            raise SystemExit(128 + signal.SIGTERM) from e
+        raise
+    except BaseException as e:
+        if manifest is not None:
+            manifest.end("failed", wall_time_s=time.time() - started, error=e)
+        raise
+
+
+def _interruption(e: BaseException) -> str:
+    if type(e).__name__ == "SIGTERMException":
+        return "terminated by SIGTERM; continue it with ckpt_path=auto"
+    if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code == 1):
+        return "interrupted (Ctrl+C); continue it with ckpt_path=auto"
+    return f"stopped ({type(e).__name__} {e}); continue it with ckpt_path=auto"
+
+
+def _overfit_adapter(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """Trainer arguments that make ``trainer.overfit_batches`` work with keel's in-memory data.
+
+    Lightning implements overfitting by swapping the loader's sampler for a per-row
+    ``SequentialSampler``, which breaks keel's whole-batch ``IndexBatchSampler`` (batches of
+    one row, no batch axis). Here the sampler stays; its per-epoch shuffle is switched off so
+    that every epoch sees the same first N batches, and Lightning gets the equivalent limits.
+    """
+    from keel.data.in_memory import InMemoryDataModule
+
+    n = cfg.trainer.get("overfit_batches") or 0
+    if not n or not isinstance(datamodule, InMemoryDataModule):
+        return {}
+    shuffled = datamodule.train_dataloader
+
+    def same_batches_every_epoch() -> Any:
+        loader = shuffled()
+        loader.sampler.shuffle = False
+        return loader
+
+    datamodule.train_dataloader = same_batches_every_epoch
+    log.info("trainer.overfit_batches=%s: training on the same %s train batches every epoch (no shuffle)", n, n)
+    return {"overfit_batches": 0.0, "limit_train_batches": n, "limit_val_batches": n}
+
+
+def _latest_checkpoint_writer(ckpt_cb: Any) -> Any:
+    """A checkpoint callback that writes ``last.ckpt`` at the end of *every* epoch.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also
+    wrote a top-k checkpoint at that step, i.e. when the monitored metric improved: after a
+    plateau, ``last.ckpt`` is many epochs old and ``ckpt_path=auto`` would redo them all. When
+    the run's checkpoint callback asks for a last checkpoint, this one takes that job over
+    (same directory, same name, every epoch) and the original keeps the best top-k files.
+    Returns None when the run keeps no last checkpoint.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if ckpt_cb is None or not ckpt_cb.save_last:
+        return None
+    if ckpt_cb.save_last == "link":  # a link to the newest top-k file: keep Lightning's behaviour
+        return None
+    ckpt_cb.save_last = False
+    return ModelCheckpoint(dirpath=ckpt_cb.dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
+                           save_top_k=1, every_n_epochs=1, enable_version_counter=False)
+
+
+def _trainer_plugins(cfg: DictConfig) -> list[Any]:
+    """Plugins the trainer config itself names (``+trainer.plugins=[...]``), instantiated."""
+    from hydra.utils import instantiate
+
+    plugins = cfg.trainer.get("plugins")
+    if not plugins:
+        return []
+    return list(instantiate(plugins)) if isinstance(plugins, ListConfig) else [instantiate(plugins)]
+
+
+def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest: Any) -> float | None:
     import lightning as L
     import torch
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
+    from keel.callbacks import NanGuard, RngState
+    from keel.checkpoint_io import AtomicCheckpointIO
     from keel.distributed import hydra_ddp_relaunch
+    from keel.run_manifest import data_fingerprint, write_json_atomic
 
     _route_lightning_logs()
-    output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     from lightning.pytorch.utilities import rank_zero_only
@@ -123,20 +335,40 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.setup("fit")
     if rank_zero_only.rank == 0:
         _write_data_reports(output_dir, datamodule)
+    if manifest is not None:
+        manifest.update(data=data_fingerprint(datamodule))
     model = build_model(cfg, datamodule)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     model.run_config = run_config
+    resume_step = None  # set when continuing this run in its own directory
     if cfg.ckpt_path:
-        from keel.checkpoint import check_resumable
+        from keel.checkpoint import check_resumable, load_checkpoint
 
         check_resumable(cfg.ckpt_path, dict(model.hparams.net), datamodule.contract.to_dict())
+        if Path(cfg.ckpt_path).resolve().is_relative_to(output_dir.resolve()):
+            resume_step = int(load_checkpoint(cfg.ckpt_path).get("global_step", 0))
 
-    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    def logger_kwargs(node: DictConfig) -> dict[str, Any]:
+        # Continuing in the same TensorBoard run: hide what the interrupted attempt logged after
+        # the checkpoint's step (SummaryWriter purge_step), so redone steps show once. Step N
+        # itself is kept: callbacks log the finished epoch's values there (an epoch-start LR
+        # logged at N by both attempts shows twice, with the same value). The graph is there already.
+        if resume_step is not None and str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+            return {"purge_step": resume_step + 1, "log_graph": False}
+        return {}
+
+    loggers = _instantiate_group(cfg.get("logger"), "logger", kwargs_for=logger_kwargs)
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
         log.info("logger=none: skipping the LR monitor (it needs a logger)")
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # Safety on every run, not options: stop at the first NaN/Inf; RNG state in each checkpoint
+    # so that a resumed run continues the uninterrupted one's random streams.
+    callbacks += [NanGuard(), RngState()]
     ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    latest_cb = _latest_checkpoint_writer(ckpt_cb)
+    if latest_cb is not None:
+        callbacks.append(latest_cb)
     from keel.callbacks import OnnxExport, Quantize
 
     exporter = next((c for c in callbacks if isinstance(c, OnnxExport)), None)
@@ -152,17 +384,26 @@ def train(cfg: DictConfig) -> float | None:
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         # the DataModule shards its own batches (keel.data.batches): no sampler replacement
         use_distributed_sampler=False,
+        # last.ckpt must be whole after any kill: ckpt_path=auto resumes from it
+        plugins=[*_trainer_plugins(cfg), AtomicCheckpointIO()],
+        **_overfit_adapter(cfg, datamodule),
     )
     if trainer.num_devices * trainer.num_nodes > 1 and trainer.strategy.root_device.type == "cpu":
         # One process per device shares the cores: N processes x all cores threads thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
 
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and resume_step is None:  # a continued run logged them when it started
         _log_data_reports(loggers, datamodule)
 
     with hydra_ddp_relaunch(str(output_dir)):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        with warnings.catch_warnings():
+            if resume_step is not None:
+                # continuing this run in its own directory: its checkpoints are expected there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         fit_metrics = dict(trainer.callback_metrics)
+        # read before testing: testing the best checkpoint restores the callbacks' state as saved then
+        stopped_early = bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0))
         best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
         fast = bool(trainer.fast_dev_run)
         if best and not fast:
@@ -173,17 +414,24 @@ def train(cfg: DictConfig) -> float | None:
         test_metrics = dict(trainer.callback_metrics)
 
     metrics = _plain_metrics({**fit_metrics, **{k: v for k, v in test_metrics.items() if k.startswith("test/")}})
+    if cfg.optimized_metric is not None and cfg.optimized_metric not in metrics:
+        raise KeelError(
+            f"optimized_metric={cfg.optimized_metric!r} was not logged by this run. "
+            f"Logged: {', '.join(sorted(metrics))}"
+        )
+    objective = metrics[cfg.optimized_metric] if cfg.optimized_metric else None
     if trainer.is_global_zero:
         record = {
             "metrics": metrics,
             "optimized_metric": cfg.optimized_metric,
-            "objective": metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None,
+            "objective": objective,
             "best_checkpoint": best or None,
-            "last_checkpoint": getattr(ckpt_cb, "last_model_path", None) or None,
+            "last_checkpoint": (latest_cb.best_model_path if latest_cb is not None
+                                else getattr(ckpt_cb, "last_model_path", None)) or None,
             "epochs_trained": trainer.current_epoch,
             "global_step": trainer.global_step,
             "resumed_from": cfg.ckpt_path,
-            "stopped_early": bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0)),
+            "stopped_early": stopped_early,
             "confusion_matrix": model.confusion.get("test"),
             "classes": list(datamodule.contract.classes),
             "split_sizes": datamodule.split_sizes(),
@@ -194,17 +442,13 @@ def train(cfg: DictConfig) -> float | None:
             "wall_time_s": round(time.time() - started, 3),
         }
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(output_dir / "metrics.json", record)
+        write_json_atomic(output_dir / "metrics.json", record)
         _log_hparams(cfg, loggers, metrics)
+        if manifest is not None:
+            manifest.end("finished", wall_time_s=time.time() - started, metrics=metrics,
+                         optimized_metric=cfg.optimized_metric, objective=objective)
         _print_summary(output_dir, loggers, record)
-    if cfg.optimized_metric is None:
-        return None
-    if cfg.optimized_metric not in metrics:
-        raise KeelError(
-            f"optimized_metric={cfg.optimized_metric!r} was not logged by this run. "
-            f"Logged: {', '.join(sorted(metrics))}"
-        )
-    return metrics[cfg.optimized_metric]
+    return objective
 
 
 def _write_data_reports(output_dir: Path, datamodule: Any) -> None:
@@ -283,6 +527,8 @@ def _print_summary(output_dir: Path, loggers: list[Any], record: dict[str, Any])
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     lines = ["", "keel: run finished", f"  run directory : {output_dir}"]
+    if record.get("resumed_from"):
+        lines.append(f"  resumed from  : {record['resumed_from']}")
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             lines.append(f"  tensorboard   : tensorboard --logdir {lg.log_dir}")
@@ -360,6 +606,43 @@ def export_main(cfg: DictConfig) -> None:
         sys.exit(e.exit_code)
 
 
+def _with_stored_overrides(cfg: DictConfig) -> DictConfig:
+    """``ckpt_path=auto``: compose the run's own overrides (from its run.json) + this command line's.
+
+    ``python train.py ckpt_path=auto run_dir=DIR`` then continues the run exactly as it was
+    started; overrides given now replace the run's values of the same keys (e.g. more epochs).
+    The run's ``.hydra/`` record and the Hydra config that a DDP relaunch reads are updated to
+    the composed overrides. Outside a Hydra app, or for a new directory, ``cfg`` is returned as is.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.get("ckpt_path") != "auto" or not HydraConfig.initialized() or not _is_launcher():
+        return cfg
+    from keel.run_manifest import merge_overrides, read_manifest
+
+    prior = read_manifest(Path(cfg.paths.output_dir))
+    if not prior or not prior.get("overrides"):
+        return cfg
+    hc = HydraConfig.get()
+    current = list(hc.overrides.task)
+    merged = merge_overrides(prior["overrides"], current)
+    if merged == current:
+        return cfg
+    from hydra import compose
+    from omegaconf import open_dict, read_write
+
+    log.info("ckpt_path=auto: continuing with the run's own overrides: %s", " ".join(merged))
+    new = compose(config_name=hc.job.config_name, overrides=merged)
+    with read_write(hc), open_dict(hc):
+        hc.overrides.task = merged
+    if hc.output_subdir:
+        record = Path(hc.runtime.output_dir) / hc.output_subdir
+        if record.is_dir():
+            OmegaConf.save(new, record / "config.yaml")
+            OmegaConf.save(OmegaConf.create(merged), record / "overrides.yaml")
+    return new
+
+
 def main(cfg: DictConfig) -> float | None:
     """Hydra task function: user mistakes print one message and exit 2 (single runs).
 
@@ -369,7 +652,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     try:
-        return train(cfg)
+        return train(_with_stored_overrides(cfg))
     except KeelError as e:
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if multirun:

@@ -18,7 +18,7 @@ from keel.optim import build_scheduler
 from keel.pipeline import _instantiate_group, build_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ["data", "data/contract", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug"]
+GROUPS = ["data", "data/contract", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug", "hparams_search"]
 
 
 def _options(group: str) -> list[str]:
@@ -104,7 +104,8 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     if group == "callbacks":
         assert len(callbacks) == len(cfg.callbacks or {})
         names = {type(c).__name__ for c in callbacks}
-        training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar"}
+        training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar", "Throughput",
+                    "TensorBoardViews"}
         expected = {"default": training | {"OnnxExport", "Quantize"}, "training": training, "none": set()}
         if option in expected:
             assert names == expected[option]

@@ -55,7 +55,9 @@ def register_resolvers() -> None:
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            # cached: a config resolves ${keel.uid:} once, so joblib workers that receive the
+            # parent's config name the same sweep directory instead of one each
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "keel.uid")
 
 
 __all__ = ["register_resolvers", "table_input_width"]

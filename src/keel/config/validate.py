@@ -29,6 +29,9 @@ class ConfigError(KeelError):
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 
+    def __reduce__(self) -> tuple:  # rebuilt from its problems when sent between processes (joblib)
+        return (type(self), (self.problems,))
+
 
 @dataclass(frozen=True)
 class Rule:

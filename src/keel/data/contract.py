@@ -96,6 +96,7 @@ class ContractViolationError(KeelError):
     """One or more splits break the contract; ``reports`` holds every violation."""
 
     def __init__(self, reports: Sequence[ContractReport], source: str = ""):
+        self.source = source
         self.reports = [r for r in reports if not r.ok]
         n = sum(len(r.violations) for r in self.reports)
         where = f" in {source}" if source else ""
@@ -108,6 +109,9 @@ class ContractViolationError(KeelError):
             " key `contract`) if the data is right and the contract is not."
         )
         super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple:  # rebuilt from its reports when sent between processes
+        return (type(self), (self.reports, self.source))
 
 
 def _is_int(v: Any) -> bool:

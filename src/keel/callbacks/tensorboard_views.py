@@ -1,0 +1,427 @@
+"""TensorBoard views beyond scalars: confusion-matrix images, PR curves, misclassified samples,
+weight and gradient histograms."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# matplotlib's "Blues" at 0, 1/4, 1/2, 3/4, 1 (interpolated linearly in between)
+_BLUES = np.array([[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]], dtype=np.float64)
+GRID = (200, 200, 200)
+WHITE = (255, 255, 255)
+INK = (20, 20, 20)
+
+
+def blues(values: np.ndarray) -> np.ndarray:
+    """Colours of ``values`` in [0, 1] (clipped): ``(*values.shape, 3)`` uint8, light to dark blue."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0) * (len(_BLUES) - 1)
+    lo = np.minimum(np.floor(v).astype(int), len(_BLUES) - 2)
+    frac = (v - lo)[..., None]
+    return np.rint(_BLUES[lo] * (1 - frac) + _BLUES[lo + 1] * frac).astype(np.uint8)
+
+
+def row_shares(matrix: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (rows = true classes: the diagonal is the per-class recall);
+    an empty row stays 0."""
+    m = np.asarray(matrix, dtype=np.float64)
+    totals = m.sum(axis=1, keepdims=True)
+    return np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
+
+
+def confusion_heatmap(matrix: Sequence[Sequence[int]] | np.ndarray, cell: int) -> np.ndarray:
+    """The cells of a confusion matrix as an RGB array ``(n * cell, n * cell, 3)`` uint8.
+
+    Cell ``(i, j)`` (true class i, predicted class j) covers rows ``i*cell:(i+1)*cell`` and
+    columns ``j*cell:(j+1)*cell``, coloured by :func:`blues` of its share of row i; its last
+    pixel row and column are a grid line (:data:`GRID`).
+    """
+    m = np.asarray(matrix)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
+        raise ValueError(f"confusion matrix must be square and non-empty, got shape {m.shape}")
+    if cell < 2:
+        raise ValueError(f"cell={cell}: expected at least 2 pixels")
+    img = np.repeat(np.repeat(blues(row_shares(m)), cell, axis=0), cell, axis=1)
+    img[cell - 1 :: cell, :, :] = GRID
+    img[:, cell - 1 :: cell, :] = GRID
+    return img
+
+
+def _pil() -> Any:
+    """The ``PIL`` package with ``Image``/``ImageDraw``/``ImageFont`` loaded, or None (text is skipped)."""
+    try:
+        import PIL.Image
+        import PIL.ImageDraw
+        import PIL.ImageFont
+    except ImportError:
+        return None
+    return PIL
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # old Pillow / no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(draw: Any, text: str, font: Any) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return int(right - left), int(bottom - top)
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    if _text_size(draw, text, font)[0] <= width:
+        return text
+    while text and _text_size(draw, text + "…", font)[0] > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _paste_text(
+    canvas: Any, xy: tuple[int, int], text: str, font: Any, fill: tuple[int, int, int], rotate: bool
+) -> None:
+    """Text with its ink's top-left corner at ``xy``; ``rotate``: reads bottom to top."""
+    from PIL import Image, ImageDraw
+
+    probe = ImageDraw.Draw(canvas)
+    left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+    if not rotate:
+        probe.text((xy[0] - left, xy[1] - top), text, font=font, fill=fill)
+        return
+    tile = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(tile).text((-left, -top), text, font=font, fill=255)
+    tile = tile.rotate(90, expand=True)
+    canvas.paste(Image.new("RGB", tile.size, fill), xy, tile)
+
+
+def render_confusion_matrix(
+    matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str], title: str = ""
+) -> np.ndarray:
+    """A confusion matrix as an RGB image ``(H, W, 3)`` uint8 for ``SummaryWriter.add_image``.
+
+    Rows are true classes, columns predictions; colour is the share of the row
+    (:func:`confusion_heatmap`), numbers are counts; axes are labelled with ``class_names``.
+    Text needs Pillow (a TensorBoard dependency); without it the image is the bare heatmap.
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    n = m.shape[0] if m.ndim == 2 else 0
+    if len(class_names) != n:
+        raise ValueError(f"{len(class_names)} class names for a {m.shape} confusion matrix")
+    cell = int(np.clip(480 // max(n, 1), 12, 48))
+    heat = confusion_heatmap(m, cell)
+    pil = _pil()
+    if pil is None:
+        return heat
+    font = _font(int(np.clip(cell // 3, 10, 14)))
+    probe = pil.ImageDraw.Draw(pil.Image.new("RGB", (1, 1)))
+    names = [_fit(probe, str(c), font, 96) for c in class_names]
+    line = max(_text_size(probe, "Ag0", font)[1], 1)
+    widths = [_text_size(probe, s, font)[0] for s in names]
+    vertical = max(widths) > cell - 4
+    pad = 6
+    row_w = max(widths)
+    col_h = max(widths) if vertical else line
+    left = pad + line + pad + row_w + pad
+    top = pad + (line + pad if title else 0) + line + pad + col_h + pad
+    width = max(left + n * cell + pad, pad + _text_size(probe, title, font)[0] + pad)
+    canvas = pil.Image.new("RGB", (width, top + n * cell + pad), WHITE)
+    canvas.paste(pil.Image.fromarray(heat), (left, top))
+    y = pad
+    if title:
+        _paste_text(canvas, (pad, y), title, font, INK, rotate=False)
+        y += line + pad
+    label_w = _text_size(probe, "predicted", font)[0]
+    _paste_text(canvas, (left + (n * cell - label_w) // 2, y), "predicted", font, INK, rotate=False)
+    y += line + pad
+    for j, (name, w) in enumerate(zip(names, widths)):
+        if vertical:
+            _paste_text(canvas, (left + j * cell + (cell - line) // 2, y + col_h - w), name, font, INK, rotate=True)
+        else:
+            _paste_text(canvas, (left + j * cell + (cell - w) // 2, y), name, font, INK, rotate=False)
+    for i, (name, w) in enumerate(zip(names, widths)):
+        _paste_text(canvas, (left - pad - w, top + i * cell + (cell - line) // 2), name, font, INK, rotate=False)
+    true_w = _text_size(probe, "true", font)[0]
+    _paste_text(canvas, (pad, top + (n * cell - true_w) // 2), "true", font, INK, rotate=True)
+    if cell >= 24:
+        shares = row_shares(m)
+        for i in range(n):
+            for j in range(n):
+                text = str(int(m[i, j]))
+                tw, th = _text_size(probe, text, font)
+                if tw <= cell - 4:
+                    fill = WHITE if shares[i, j] > 0.5 else INK
+                    _paste_text(canvas, (left + j * cell + (cell - 1 - tw) // 2, top + i * cell + (cell - 1 - th) // 2),
+                                text, font, fill, rotate=False)
+    return np.asarray(canvas)
+
+
+def to_unit_range(x: np.ndarray, value_range: Sequence[float] | None) -> np.ndarray:
+    """Samples ``(N, C, H, W)`` scaled to [0, 1]: by the contract's ``[low, high]``, else per sample
+    by its own min and max."""
+    x = np.asarray(x, dtype=np.float64)
+    if value_range is not None and value_range[1] > value_range[0]:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    axes = tuple(range(1, x.ndim))
+    lo = x.min(axis=axes, keepdims=True)
+    span = x.max(axis=axes, keepdims=True) - lo
+    return np.divide(x - lo, span, out=np.zeros_like(x), where=span > 0)
+
+
+def render_samples(
+    images: np.ndarray, captions: Sequence[str], value_range: Sequence[float] | None = None, min_side: int = 64
+) -> np.ndarray:
+    """Image samples ``(N, C, H, W)`` in a grid, each enlarged (nearest neighbour) to at least
+    ``min_side`` pixels and captioned beneath: RGB ``(H, W, 3)`` uint8. One channel is shown as
+    grey, three as RGB, others by their first channel."""
+    x = to_unit_range(images, value_range)
+    n, c, h, w = x.shape
+    if len(captions) != n:
+        raise ValueError(f"{len(captions)} captions for {n} images")
+    rgb = np.repeat(x[:, :1], 3, axis=1) if c != 3 else x
+    scale = max(1, -(-min_side // min(h, w)))
+    tiles = (np.rint(rgb * 255).astype(np.uint8).repeat(scale, axis=2).repeat(scale, axis=3)).transpose(0, 2, 3, 1)
+    th, tw = h * scale, w * scale
+    pil = _pil()
+    cap_h = 0
+    if pil is not None:
+        probe = pil.ImageDraw.Draw(pil.Image.new("RGB", (1, 1)))
+        font = _font(11)
+        cap_h = _text_size(probe, "Ag0", font)[1] + 6
+        tw = max([tw] + [_text_size(probe, s, font)[0] + 4 for s in captions])
+    cols = max(1, int(np.ceil(np.sqrt(n))))
+    rows = max(1, int(np.ceil(n / cols)))
+    gap = 4
+    grid = np.full((rows * (th + cap_h + gap) + gap, cols * (tw + gap) + gap, 3), 255, dtype=np.uint8)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        y0, x0 = gap + r * (th + cap_h + gap), gap + q * (tw + gap) + (tw - w * scale) // 2
+        grid[y0 : y0 + th, x0 : x0 + w * scale] = tiles[k]
+    if pil is None:
+        return grid
+    canvas = pil.Image.fromarray(grid)
+    for k, text in enumerate(captions):
+        r, q = divmod(k, cols)
+        tx = gap + q * (tw + gap) + (tw - _text_size(probe, text, font)[0]) // 2
+        _paste_text(canvas, (tx, gap + r * (th + cap_h + gap) + th + 3), text, font, INK, rotate=False)
+    return np.asarray(canvas)
+
+
+def _gather_rows(pl_module: L.LightningModule, t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (``(n_rank, ...)``, sizes may differ) over all processes, in rank order.
+    A collective: every process must call it."""
+    if pl_module.trainer.world_size == 1:
+        return t
+    sizes = pl_module.all_gather(torch.tensor([t.shape[0]], device=t.device)).view(-1).tolist()
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    gathered = pl_module.all_gather(padded)
+    return torch.cat([gathered[i, :s] for i, s in enumerate(sizes)])
+
+
+class TensorBoardViews(L.Callback):
+    """TensorBoard images, PR curves and histograms (only with a TensorBoardLogger; rank 0 writes).
+
+    - ``val/confusion_matrix``: an image after every validation epoch (``test/confusion_matrix``
+      after test), from the module's ``confusion`` dict (keel's ``Classifier``).
+    - ``test/pr_curve/<class>``: one precision-recall curve per class (PR Curves tab), from the
+      softmax of one extra forward pass over the test batches (at most ``pr_max_samples`` rows
+      per process are kept).
+    - ``test/misclassified``: up to ``misclassified`` wrong test predictions of image data
+      (contract shape ``[C, H, W]``) with their true and predicted class, as one image, and the
+      same list as text.
+    - ``weights/<param>``, ``grads/<param>`` histograms (``histograms: true``) at the first
+      optimizer step of every ``histogram_every_n_epochs``-th epoch (gradients as the optimizer
+      receives them).
+
+    Under DDP the test rows of every process are gathered (a collective on every rank).
+
+    Args:
+        confusion_matrix: log the confusion-matrix images.
+        confusion_max_classes: no image above this many classes (unreadable).
+        pr_curves: log PR curves; ``pr_max_classes`` caps how many classes get one.
+        pr_max_samples: test rows kept per process for the PR curves (memory bound).
+        misclassified: how many misclassified test images to show (0: none).
+        histograms: log weight and gradient histograms.
+        histogram_every_n_epochs: epochs between histograms.
+    """
+
+    def __init__(
+        self,
+        confusion_matrix: bool = True,
+        confusion_max_classes: int = 50,
+        pr_curves: bool = True,
+        pr_max_classes: int = 32,
+        pr_max_samples: int = 10000,
+        misclassified: int = 16,
+        histograms: bool = False,
+        histogram_every_n_epochs: int = 1,
+    ) -> None:
+        limits = (("confusion_max_classes", confusion_max_classes, 1), ("pr_max_classes", pr_max_classes, 1),
+                  ("pr_max_samples", pr_max_samples, 1), ("misclassified", misclassified, 0),
+                  ("histogram_every_n_epochs", histogram_every_n_epochs, 1))
+        for name, value, low in limits:
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
+        self.confusion_matrix = confusion_matrix
+        self.confusion_max_classes = confusion_max_classes
+        self.pr_curves = pr_curves
+        self.pr_max_classes = pr_max_classes
+        self.pr_max_samples = pr_max_samples
+        self.misclassified = misclassified
+        self.histograms = histograms
+        self.histogram_every_n_epochs = histogram_every_n_epochs
+        self._logger: Any = None
+        self._histogram_epoch = -1
+        self._reset_test()
+
+    # ------------------------------------------------------------------ what the run offers
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        self._logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def _writer(self, trainer: L.Trainer) -> Any:
+        return self._logger.experiment if self._logger is not None and trainer.is_global_zero else None
+
+    @staticmethod
+    def _contract(trainer: L.Trainer) -> Any:
+        return getattr(getattr(trainer, "datamodule", None), "contract", None)
+
+    def _class_names(self, trainer: L.Trainer, n: int) -> list[str]:
+        contract = self._contract(trainer)
+        names = list(getattr(contract, "class_names", None) or [])
+        return [str(c) for c in names] if len(names) == n else [str(i) for i in range(n)]
+
+    def _image_shape(self, trainer: L.Trainer) -> tuple[int, ...] | None:
+        shape = tuple(getattr(self._contract(trainer), "shape", ()) or ())
+        return shape if len(shape) == 3 else None
+
+    # ------------------------------------------------------------------ confusion matrices
+    def _log_confusion(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, title: str) -> None:
+        writer = self._writer(trainer)
+        matrix = (getattr(pl_module, "confusion", None) or {}).get(split)
+        if writer is None or not self.confusion_matrix or matrix is None:
+            return
+        n = len(matrix)
+        if n > self.confusion_max_classes:
+            log.info("tensorboard_views: %d classes > confusion_max_classes=%d: no confusion-matrix image",
+                     n, self.confusion_max_classes)
+            return
+        image = render_confusion_matrix(matrix, self._class_names(trainer, n), title)
+        writer.add_image(f"{split}/confusion_matrix", image, trainer.global_step, dataformats="HWC")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the module's on_validation_epoch_end, which stores confusion["val"]
+        if not trainer.sanity_checking:
+            self._log_confusion(trainer, pl_module, "val", f"validation, epoch {trainer.current_epoch}")
+
+    # ------------------------------------------------------------------ test: PR curves, mistakes
+    def _reset_test(self) -> None:
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._pr_rows = 0
+        self._wrong: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._wrong_rows = 0
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset_test()
+
+    def _wants_forward(self, trainer: L.Trainer) -> bool:
+        # decided from config and data alone, so that every DDP rank takes the same path
+        images = self.misclassified > 0 and self._image_shape(trainer) is not None
+        return self._logger is not None and (self.pr_curves or images)
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._wants_forward(trainer):
+            return
+        x, y = batch[0], batch[1]
+        precision = trainer.precision_plugin
+        with torch.no_grad(), precision.forward_context():
+            probs = pl_module(precision.convert_input(x)).float().softmax(dim=1)
+        if self.pr_curves and self._pr_rows < self.pr_max_samples:
+            keep = min(len(y), self.pr_max_samples - self._pr_rows)
+            self._probs.append(probs[:keep])
+            self._labels.append(y[:keep])
+            self._pr_rows += keep
+        if self._image_shape(trainer) is not None and self._wrong_rows < self.misclassified:
+            pred = probs.argmax(dim=1)
+            idx = (pred != y).nonzero().view(-1)[: self.misclassified - self._wrong_rows]
+            self._wrong.append((x[idx].float(), y[idx], pred[idx]))
+            self._wrong_rows += int(idx.numel())
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_confusion(trainer, pl_module, "test", "test")
+        if self._wants_forward(trainer):
+            if self.pr_curves:
+                self._log_pr_curves(trainer, pl_module)
+            if self.misclassified > 0 and self._image_shape(trainer) is not None:
+                self._log_misclassified(trainer, pl_module)
+        self._reset_test()
+
+    def _log_pr_curves(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        device = pl_module.device
+        n_classes = self._n_classes(trainer, pl_module)
+        probs = torch.cat(self._probs) if self._probs else torch.zeros(0, n_classes, device=device)
+        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long, device=device)
+        probs, labels = _gather_rows(pl_module, probs), _gather_rows(pl_module, labels)
+        writer = self._writer(trainer)
+        if writer is None or not len(labels):
+            return
+        probs, labels = probs.cpu().numpy(), labels.cpu().numpy()
+        names = self._class_names(trainer, probs.shape[1])
+        for c in range(min(probs.shape[1], self.pr_max_classes)):
+            writer.add_pr_curve(f"test/pr_curve/{names[c]}", labels == c, probs[:, c], trainer.global_step)
+
+    def _log_misclassified(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        device = pl_module.device
+        if self._wrong:
+            parts = [torch.cat(p) for p in zip(*self._wrong)]
+        else:
+            shape = self._image_shape(trainer) or ()
+            parts = [torch.zeros(0, *shape, device=device), torch.zeros(0, dtype=torch.long, device=device),
+                     torch.zeros(0, dtype=torch.long, device=device)]
+        x, y, pred = (_gather_rows(pl_module, p)[: self.misclassified] for p in parts)
+        writer = self._writer(trainer)
+        if writer is None or not len(y):
+            return
+        names = self._class_names(trainer, self._n_classes(trainer, pl_module))
+        pairs = list(zip(y.tolist(), pred.tolist()))
+        captions = [f"true {names[t]} / pred {names[p]}" for t, p in pairs]
+        image = render_samples(x.cpu().numpy(), captions, getattr(self._contract(trainer), "range", None))
+        writer.add_image("test/misclassified", image, trainer.global_step, dataformats="HWC")
+        rows = "\n".join(f"| {k} | {names[t]} | {names[p]} |" for k, (t, p) in enumerate(pairs))
+        writer.add_text("test/misclassified", "| # | true | predicted |\n|---|---|---|\n" + rows, trainer.global_step)
+
+    def _n_classes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        contract = self._contract(trainer)
+        n = getattr(contract, "num_classes", None) or getattr(pl_module, "num_classes", None)
+        if not n:
+            raise RuntimeError("tensorboard_views: cannot tell the number of classes (no data contract)")
+        return int(n)
+
+    # ------------------------------------------------------------------ histograms
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        writer = self._writer(trainer)
+        epoch = trainer.current_epoch
+        if (writer is None or not self.histograms or epoch % self.histogram_every_n_epochs
+                or self._histogram_epoch == epoch):
+            return
+        self._histogram_epoch = epoch
+        for name, p in pl_module.named_parameters():
+            writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), trainer.global_step)
+            if p.grad is not None:
+                writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), trainer.global_step)

@@ -1,0 +1,102 @@
+"""NanGuard: a NaN/Inf loss or gradient stops training at once, naming the step and the last good checkpoint."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from keel.callbacks import NanGuard
+from keel.callbacks.nan_guard import NonFiniteError, nonfinite_grads, nonfinite_message
+from keel.errors import KeelError
+
+
+class _Tiny(L.LightningModule):
+    """A linear regression whose loss (or gradient) turns NaN at one global step, on purpose."""
+
+    def __init__(self, nan_loss_at: int | None = None, nan_grad_at: int | None = None):
+        super().__init__()
+        self.layer = nn.Linear(3, 1)
+        self.nan_loss_at, self.nan_grad_at = nan_loss_at, nan_grad_at
+        self.layer.weight.register_hook(self._maybe_poison)
+
+    def _maybe_poison(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan") if self.global_step == self.nan_grad_at else grad
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = ((self.layer(x).squeeze(1) - y) ** 2).mean()
+        if self.global_step == self.nan_loss_at:
+            loss = loss * float("nan")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(module: L.LightningModule, tmp_path, **trainer_kwargs) -> L.Trainer:
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 3, generator=g), torch.randn(16, generator=g))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, monitor=None, every_n_epochs=1)
+    trainer = L.Trainer(max_epochs=3, callbacks=[ckpt, NanGuard()], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", **trainer_kwargs)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    return trainer
+
+
+def test_nonfinite_loss_stops_at_its_step_naming_the_last_good_checkpoint(tmp_path):
+    module = _Tiny(nan_loss_at=5)  # 4 batches per epoch: epoch 1, batch 1
+    with pytest.raises(NonFiniteError) as info:
+        _fit(module, tmp_path)
+    msg = str(info.value)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert msg.startswith(f"non-finite loss at global step 5 (epoch 1, batch 1); last good checkpoint: {last}. ")
+    assert "The loss was nan" in msg and "optimizer.lr" in msg
+    assert isinstance(info.value, KeelError) and info.value.exit_code == 2
+    assert torch.isfinite(module.layer.weight).all()  # the NaN never reached the weights
+
+
+def test_nonfinite_gradient_stops_before_the_optimizer_step(tmp_path):
+    module = _Tiny(nan_grad_at=2)
+    with pytest.raises(NonFiniteError, match=re.escape(
+            "non-finite gradient at global step 2 (epoch 0, batch 2); last good checkpoint: none (no checkpoint "
+            "written yet). NaN/Inf in the gradient of layer.weight.")):
+        _fit(module, tmp_path)
+    assert torch.isfinite(module.layer.weight).all()
+
+
+def test_a_finite_run_is_not_stopped(tmp_path):
+    trainer = _fit(_Tiny(), tmp_path, limit_train_batches=2)
+    assert trainer.global_step == 6
+
+
+def test_nonfinite_grads_names_the_parameters():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    net(torch.ones(1, 2)).sum().backward()
+    assert nonfinite_grads(net.named_parameters()) == []
+    net[1].bias.grad[0] = float("inf")
+    assert nonfinite_grads(net.named_parameters()) == ["1.bias"]
+    assert nonfinite_grads([("w", nn.Parameter(torch.ones(1)))]) == []  # no gradient yet
+
+
+def test_gradients_are_not_checked_under_a_grad_scaler():
+    """16-mixed: Inf gradients are normal there (the scaler skips the step and lowers its scale)."""
+    net = nn.Linear(2, 1)
+    net.weight.grad = torch.full_like(net.weight, float("inf"))
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    NanGuard().on_before_optimizer_step(trainer, net, None)  # no raise
+    plain = SimpleNamespace(precision_plugin=SimpleNamespace(), global_step=7, current_epoch=1, checkpoint_callbacks=[],
+                            ckpt_path=None)
+    with pytest.raises(NonFiniteError, match="non-finite gradient at global step 7 \\(epoch 1\\)"):
+        NanGuard().on_before_optimizer_step(plain, net, None)
+
+
+def test_message_format():
+    assert nonfinite_message("loss", 12, 3, 4, "/r/checkpoints/last.ckpt").startswith(
+        "non-finite loss at global step 12 (epoch 3, batch 4); last good checkpoint: /r/checkpoints/last.ckpt. Training")

@@ -24,21 +24,6 @@ from keel.errors import KeelError
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise KeelError(f"{p}: no such contract file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise KeelError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise KeelError(f"{p}: expected a mapping (a contract), got {type(data).__name__}")
-    return data
-
-
 def _contract_infer(args: argparse.Namespace) -> int:
     import yaml
 
@@ -57,10 +42,10 @@ def _contract_infer(args: argparse.Namespace) -> int:
 
 
 def _contract_check(args: argparse.Namespace) -> int:
-    from keel.data.contract import contract_from_dict
+    from keel.data.contract import contract_from_dict, load_contract_spec
     from keel.data.table_io import read_table
 
-    contract = contract_from_dict(_load_yaml(args.contract))
+    contract = contract_from_dict(load_contract_spec(args.contract))
     if getattr(contract, "target", None) is None:
         raise KeelError("keel contract check works on table contracts (kind: table)")
     df = read_table(args.file, args.format)

@@ -317,6 +317,29 @@ class TensorContract:
         return report
 
 
+def load_contract_spec(contract: Mapping[str, Any] | str) -> dict[str, Any]:
+    """A contract given inline (a mapping) or as the path of a YAML file, as a dict."""
+    if not isinstance(contract, str):
+        return dict(contract)
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(contract)
+    if not path.is_file():
+        raise KeelError(
+            f"{contract}: no such contract file. Fix: give the path of a contract YAML (e.g. written by "
+            "`keel contract infer`), or pick one with data/contract=<name> from conf/data/contract/"
+        )
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise KeelError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(spec, dict):
+        raise KeelError(f"{path}: expected a contract mapping, got {type(spec).__name__}")
+    return spec
+
+
 def contract_from_dict(spec: Mapping[str, Any]) -> Any:
     """Build a :class:`TensorContract` or a ``TableContract`` from config data by its ``kind``."""
     kind = spec.get("kind", "tensor")
@@ -331,4 +354,5 @@ def contract_from_dict(spec: Mapping[str, Any]) -> Any:
 
 __all__ = [
     "ContractError", "ContractReport", "ContractViolationError", "TensorContract", "Violation", "contract_from_dict",
+    "load_contract_spec",
 ]

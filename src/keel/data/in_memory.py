@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +14,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from keel.data.batches import IndexBatchSampler
 from keel.data.drift import tensor_drift_columns
-from keel.data.contract import ContractReport, ContractViolationError, Violation, contract_from_dict
+from keel.data.contract import (
+    ContractReport,
+    ContractViolationError,
+    Violation,
+    contract_from_dict,
+    load_contract_spec,
+)
 from keel.data.split import stratified_holdout, stratified_split
 from keel.errors import KeelError
 
@@ -23,24 +28,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 ON_VIOLATION = ("raise", "drop")
-
-
-def load_contract_spec(contract: Mapping[str, Any] | str) -> dict[str, Any]:
-    """A contract given inline (a mapping) or as the path of a YAML file, as a dict."""
-    if not isinstance(contract, str):
-        return dict(contract)
-    import yaml
-
-    path = Path(contract)
-    if not path.is_file():
-        raise KeelError(f"data.contract={contract!r}: no such file. Fix: a contract YAML path or a conf/data/contract option")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise KeelError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(spec, dict):
-        raise KeelError(f"{path}: expected a contract mapping, got {type(spec).__name__}")
-    return spec
 
 
 class InMemoryDataModule(L.LightningDataModule):

@@ -6,7 +6,6 @@ been checked, so composing or printing a config stays instant.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -459,9 +458,11 @@ def _write_data_reports(output_dir: Path, datamodule: Any) -> None:
     out = output_dir / "data"
     out.mkdir(parents=True, exist_ok=True)
     (out / "contract.yaml").write_text(yaml.safe_dump(datamodule.contract.to_dict(), sort_keys=False))
-    _write_json(out / "contract_report.json", datamodule.data_report())
+    from keel.run_manifest import write_json_atomic
+
+    write_json_atomic(out / "contract_report.json", datamodule.data_report())
     if datamodule.drift:
-        _write_json(out / "drift_report.json", datamodule.drift)
+        write_json_atomic(out / "drift_report.json", datamodule.drift)
 
 
 def _log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 64) -> None:
@@ -502,12 +503,6 @@ def _bundle_record(exporter: Any, quantizer: Any) -> dict[str, Any] | None:
         "metrics": {k: v for k, v in manifest["metrics"].items() if k != "training"},
         "quantization": manifest.get("quantization"),
     }
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _log_hparams(cfg: DictConfig, loggers: list[Any], metrics: dict[str, float]) -> None:

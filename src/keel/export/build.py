@@ -10,10 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import platform
-import subprocess
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from keel.export.bundle import check_files, read_manifest, staged, write_manifes
 from keel.export.onnx import ExportError, export_onnx, inference_model
 from keel.export.quantize import quantize_onnx, resolve_mode
 from keel.export.runtime import accuracy, latency, run, session
+from keel.run_manifest import git_info, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +58,6 @@ class QuantizeOptions:
     max_accuracy_drop: float = 0.01
     per_channel: bool = True
     seed: int = 0
-
-
-def _git() -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def _packages() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    out["python"] = platform.python_version()
-    return out
 
 
 def _parity(model: torch.nn.Module, sess: Any, x: np.ndarray, opts: ExportOptions) -> dict[str, Any]:
@@ -147,6 +121,7 @@ def export_checkpoint(
     x_test, y_test = datamodule.split_arrays("test")
     parity_rows = x_test[: options.parity_batches * options.batch_size]
 
+    git = git_info() or {}
     with staged(Path(bundle_dir)) as tmp:
         io = export_onnx(model, torch.from_numpy(x_test[: min(2, len(x_test))].copy()), tmp / FP32, options.opset)
         sess = session(tmp / FP32)
@@ -187,8 +162,9 @@ def export_checkpoint(
             "quantization": None,
             "samples": sample_files,
             "config": config if config is not None else section.get("config"),
-            "source": {"checkpoint": str(Path(ckpt_path).resolve()), "git": _git()},
-            "packages": _packages(),
+            "source": {"checkpoint": str(Path(ckpt_path).resolve()),
+                       "git": {k: git[k] for k in ("commit", "dirty") if k in git}},
+            "packages": package_versions(PACKAGES),
             "export_options": asdict(options),
         }
         manifest = write_manifest(tmp, manifest)

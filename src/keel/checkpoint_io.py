@@ -14,7 +14,6 @@ names that subclass; a CheckpointIO plugin covers every ``trainer.save_checkpoin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from keel.run_manifest import fsync_dir
+from keel.run_manifest import write_atomic
 
 
 def _is_local(path: str | Path) -> bool:
@@ -37,20 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Hidden and not *.ckpt: a leftover from a kill is never taken for a checkpoint.
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        write_atomic(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
 __all__ = ["AtomicCheckpointIO"]

@@ -55,17 +55,16 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically: temp file in the same directory, fsync, rename.
-
-    A reader (or a resume after SIGKILL) sees the previous file or the new one, never a torn one.
-    """
+def write_atomic(path: str | Path, write: Any, mode: str = "w") -> None:
+    """Call ``write(f)`` on a hidden temp file next to ``path``, fsync it, rename it over
+    ``path`` and fsync the directory: readers (or a resume after SIGKILL) see the old file or
+    the new one, never a torn one, and a leftover temp file is never taken for the real one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, allow_nan=True) + "\n")
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,6 +72,11 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, allow_nan=True) + "\n"))
 
 
 def fsync_dir(directory: str | Path) -> None:

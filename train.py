@@ -2,7 +2,7 @@
 
 import hydra
 
-from keel.config import register_resolvers
+from keel.config import exit_now, register_resolvers, run_app
 
 register_resolvers()
 
@@ -15,4 +15,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)  # every config mistake, Hydra's own too: one message, exit status 2
+    exit_now()  # finished: skip the interpreter's teardown of torch & co (1-2 s)

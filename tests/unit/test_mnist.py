@@ -260,6 +260,6 @@ def test_config_composes_instantiates_and_validates(compose_cfg, tmp_path):
 
 def test_config_without_root_is_a_config_error(compose_cfg):
     cfg = compose_cfg("data=mnist")
-    with pytest.raises(ConfigError, match=r"data\.root is required but not set \(\?\?\?\)\. Fix: add `data\.root=<value>`"):
+    with pytest.raises(ConfigError, match=r"data\.root is required but not set \(\?\?\?\)\. Fix: add data\.root=~/data/mnist"):
         validate_config(cfg)
     assert issubclass(MNISTDataError, KeelError)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-from omegaconf import open_dict
+import subprocess
+import sys
+from pathlib import Path
 
-from keel.config import ConfigError, validate_config
-from keel.config.machine import check_machine
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from keel.config import ConfigError, validate_config, validate_export_config
+from keel.config.entry import hydra_problems, user_error_message
+from keel.config.machine import check_machine, torch_build_info
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def test_default_config_is_valid(compose_cfg):
@@ -47,7 +54,7 @@ def test_missing_required_value(compose_cfg):
     [
         (["data.val_fraction=0.5", "data.test_fraction=0.45"], r"data.val_fraction \+ data.test_fraction = 0.95"),
         (["optimizer=sgd", "optimizer.momentum=0"], r"optimizer.nesterov=true with optimizer.momentum=0"),
-        (["ckpt_path=/no/such/file.ckpt"], r"ckpt_path='/no/such/file.ckpt': no such file"),
+        (["ckpt_path=/no/such/file.ckpt"], r"ckpt_path='/no/such/file.ckpt': no such file; expected a .ckpt file"),
         (["trainer.devices=0"], r"trainer.devices=0: expected an integer >= 1, 'auto'"),
         (["model.loss.class_weights=[1,-2]"], r"model.loss.class_weights=\[1, -2\]: expected null, 'balanced'"),
         (["model.loss.label_smoothing=1.5"], r"model.loss.label_smoothing=1.5: expected a number in \[0, 1\)"),
@@ -76,24 +83,212 @@ def test_unresolvable_interpolation_is_a_config_error(compose_cfg):
     ],
 )
 def test_machine_checks_before_training(compose_cfg, overrides, match):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("these settings are valid on a GPU machine")
+    if not _cpu_only_torch():
+        pytest.skip("a GPU-capable torch build: these settings may be valid here")
     cfg = compose_cfg(*overrides)
     validate_config(cfg)
     with pytest.raises(ConfigError, match=match):
         check_machine(cfg)
 
 
-def test_validation_does_not_import_torch():
-    import subprocess
-    import sys
+def _cpu_only_torch() -> bool:
+    """A CPU-only torch build (and no Apple MPS): no GPU can be there."""
+    info = torch_build_info()
+    return info is not None and not info.get("cuda") and not info.get("hip") and sys.platform != "darwin"
 
+
+def test_validation_and_cpu_machine_checks_do_not_import_torch():
+    if not _cpu_only_torch():
+        pytest.skip("a GPU-capable torch build: the machine check asks torch for its devices")
     code = (
-        "import sys; from omegaconf import OmegaConf; from keel.config import validate_config, register_resolvers;"
-        "register_resolvers(); "
-        "print('torch' in sys.modules, 'lightning' in sys.modules)"
+        "import sys\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from keel.config import ConfigError, register_resolvers, validate_config\n"
+        "from keel.config.machine import check_machine\n"
+        "register_resolvers()\n"
+        f"with initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'):\n"
+        "    good = compose(config_name='train', overrides=['trainer.devices=64', 'paths.output_dir=x'])\n"
+        "    bad = compose(config_name='train', overrides=['data.batch_size=0', 'paths.output_dir=x'])\n"
+        "validate_config(good)\n"
+        "for check, cfg in ((validate_config, bad), (check_machine, good)):\n"
+        "    try:\n"
+        "        check(cfg)\n"
+        "    except ConfigError as e:\n"
+        "        print(e.problems[0].split(':')[0])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.splitlines() == ["data.batch_size=0", "trainer.devices=64", "[]"]
+
+
+# --------------------------------------------------------------------------- files, more keys, export.py
+
+
+def test_files_the_run_reads_must_exist(compose_cfg, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_cfg("data=csv", "data.path=no/such.csv", "data.target=label", "ckpt_path=" + str(tmp_path)))
+    msg = str(info.value)
+    assert "invalid configuration (2 problems)" in msg
+    assert f"data.path='no/such.csv': no such file (relative to {Path.cwd()}); expected a .csv/.tsv/.parquet file" in msg
+    assert f"ckpt_path={str(tmp_path)!r}: a folder, not a file; expected a .ckpt file written by keel" in msg
+    with pytest.raises(ConfigError, match=r"data.root='/no/such/idx': no such folder; expected a folder holding the IDX"):
+        validate_config(compose_cfg("data=mnist", "data.root=/no/such/idx"))
+
+
+def test_a_contract_file_must_exist_and_parse(compose_cfg, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("a,label\n1,0\n")
+    cfg = compose_cfg("data=csv", f"data.path={table}", "data.target=label", "data.contract=no/such.yaml")
+    with pytest.raises(ConfigError, match=r"data.contract='no/such.yaml': no such file .*; expected a contract YAML"):
+        validate_config(cfg)
+    bad = tmp_path / "c.yaml"
+    bad.write_text("kind: table\nname: t\ntarget: label\nclasses: [0]\ncolumns: {a: {dtype: float64}}\n")
+    with pytest.raises(ConfigError, match=r"data.contract: invalid table contract: classes=\[0\]: expected a list of at "
+                                          r"least 2 label values\. Fix: correct the contract"):
+        validate_config(compose_cfg("data=csv", f"data.path={table}", "data.target=label", f"data.contract={bad}"))
+    bad.write_text("kind: table\n  name: [\n")
+    with pytest.raises(ConfigError, match=r"data.contract: .*c.yaml: not valid YAML"):
+        validate_config(compose_cfg("data=csv", f"data.path={table}", "data.target=label", f"data.contract={bad}"))
+
+
+def test_required_values_name_an_example_fix(compose_cfg):
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_cfg("data=csv"))
+    assert info.value.problems == [
+        "data.path is required but not set (???). Fix: add data.path=my.csv to the command line",
+        "data.target is required but not set (???). Fix: add data.target=label to the command line",
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["model.net.dropout=1.5"], r"model.net.dropout=1.5: expected a number in \[0, 1\)"),
+        (["model.net.hidden=[64,0]"], r"model.net.hidden=\[64, 0\]: expected a non-empty list of layer widths >= 1"),
+        (["model.net.activation=tanh"], r"model.net.activation='tanh': expected one of: relu, gelu, silu"),
+        (["model=cnn", "model.net.norm=layer"], r"model.net.norm='layer' with model=cnn: expected batch or none"),
+        (["data.drift.bins=1"], r"data.drift.bins=1: expected an integer >= 2"),
+        (["data.drift.psi_warn=0.5"], r"data.drift.psi_warn=0.5 > data.drift.psi_alert=0.25: expected warn <= alert"),
+        (["callbacks.early_stopping.patience=-1"], r"callbacks.early_stopping.patience=-1: expected an integer >= 0"),
+        (["callbacks.quantize.mode=fast"], r"callbacks.quantize.mode='fast': expected one of: auto, dynamic, static"),
+        (["callbacks.onnx_export.atol=-1"], r"callbacks.onnx_export.atol=-1: expected a number >= 0"),
+    ],
+)
+def test_model_data_and_callback_values_are_checked(compose_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_config(compose_cfg(*overrides))
+
+
+def _compose_export(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from keel.config import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="export", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = "unused"
+    return cfg
+
+
+def test_export_config_is_checked_before_export(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        validate_export_config(_compose_export())
+    assert info.value.problems == [
+        "ckpt_path is required but not set (???). Fix: add "
+        "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt to the command line"
+    ]
+    with pytest.raises(ConfigError) as info:
+        validate_export_config(_compose_export("ckpt_path=no/such.ckpt", "quantize_int8=maybe",
+                                               "callbacks.quantize.max_accuracy_drop=2"))
+    msg = str(info.value)
+    assert "invalid configuration (3 problems)" in msg
+    assert "quantize_int8='maybe': expected true or false" in msg
+    assert "callbacks.quantize.max_accuracy_drop=2: expected a fraction in [0, 1]" in msg
+    assert "ckpt_path='no/such.ckpt': no such file" in msg
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    validate_export_config(_compose_export(f"ckpt_path={ckpt}"))
+
+
+# --------------------------------------------------------------------------- Hydra's own errors
+
+
+def _hydra_error(*overrides: str) -> Exception:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose(config_name="train", overrides=list(overrides))
+    except Exception as e:
+        return e
+    finally:
+        GlobalHydra.instance().clear()
+    raise AssertionError(f"{overrides} composed")
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["model=transformer"], "model=transformer: no option 'transformer' in config group 'model'; expected one of: "
+                                "cnn, mlp. Fix: e.g. model=cnn, or add your own conf/model/transformer.yaml"),
+        (["experiment=digits_cnm"], "experiment=digits_cnm: no option 'digits_cnm' in config group 'experiment'; "
+                                    "expected one of: digits_cnn. Fix: experiment=digits_cnn, or add your own "
+                                    "conf/experiment/digits_cnm.yaml"),
+        (["trainer.max_epoch=3"], "trainer.max_epoch=3: no key 'trainer.max_epoch' in the config (expected a key "
+                                  "under 'trainer': _target_, default_root_dir, accelerator, devices, num_nodes, "
+                                  "strategy, precision, max_epochs, min_epochs, gradient_clip_val, "
+                                  "gradient_clip_algorithm, accumulate_grad_batches, deterministic, benchmark, "
+                                  "sync_batchnorm, ...). Fix: trainer.max_epochs=3 (did you mean trainer.max_epochs?)"),
+        (["sed=3"], "sed=3: no key 'sed' in the config (expected a key at the top level: task_name, tags, seed, "
+                    "run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
+                    "callbacks, logger, paths). Fix: seed=3 (did you mean seed?)"),
+        (["foo=1"], "foo=1: no key 'foo' in the config (expected a key at the top level: task_name, tags, seed, "
+                    "run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
+                    "callbacks, logger, paths). Fix: check the spelling (`python train.py --cfg job` prints every "
+                    "key), or add a new key with +foo=1"),
+        (["+seed=3"], "+seed=3: 'seed' is already in the config ('+' adds a new key). Fix: seed=3"),
+        (["model=mlp,cnn"], "model=mlp,cnn: several values for one run. Fix: add -m (--multirun) to sweep over them, "
+                            "or write key=[a,b] for a list value, or key='a,b' for text"),
+        (["optimizer.lr=[0.1"], "'optimizer.lr=[0.1': not a valid override (no viable alternative at input '[0.1'). "
+                                "Expected GROUP=OPTION, KEY=VALUE, +KEY=VALUE (add), ++KEY=VALUE (add or set) or ~KEY "
+                                "(delete). Fix: close brackets and quotes, or quote a value that holds spaces, commas, "
+                                "brackets or '=' (e.g. \"data.path='my file.csv'\"); grammar: "
+                                "https://hydra.cc/docs/advanced/override_grammar/basic/"),
+    ],
+    ids=["group-option", "experiment", "nested-key", "top-key-typo", "unknown-key", "append-existing",
+         "sweep-without-m", "parse-error"],
+)
+def test_hydra_errors_become_one_problem_with_the_fix(overrides, expected):
+    assert hydra_problems(_hydra_error(*overrides), overrides) == [expected]
+
+
+class _Takes:
+    def __init__(self, max_epochs: int = 1) -> None:
+        self.max_epochs = max_epochs
+
+
+def test_a_key_added_with_plus_that_the_class_does_not_take_is_a_config_error():
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.create({"trainer": {"_target_": f"{__name__}._Takes", "max_epoch": 3}})
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.trainer)
+    assert user_error_message(info.value, ["+trainer.max_epoch=3"]) == (
+        "invalid configuration (1 problem):\n  - trainer.max_epoch: not an argument of _Takes.__init__. Fix: check "
+        "the spelling (`python train.py --cfg job` shows the composed config) or remove +trainer.max_epoch"
+    )
+
+
+def test_keel_errors_pass_through_and_crashes_are_left_to_hydra():
+    assert user_error_message(ConfigError(["seed=-1: expected an integer >= 0"]), []).startswith("invalid configuration")
+    assert user_error_message(RuntimeError("training crashed"), []) is None
+    assert hydra_problems(RuntimeError("training crashed"), []) is None

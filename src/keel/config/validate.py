@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -89,6 +90,14 @@ def _limit(v: Any) -> bool:
     return v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0)
 
 
+def _ints_ge(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_is_int(i) and i >= lo for i in v)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
 def _class_weights(v: Any) -> bool:
     if v is None or v == "balanced":
         return True
@@ -99,8 +108,28 @@ _PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true"
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 _METRICS = ", ".join(METRIC_NAMES)
 
+# Export and int8 options: in the train config (callbacks=default) and in export.yaml.
+BUNDLE_RULES: tuple[Rule, ...] = (
+    Rule("callbacks.onnx_export.opset", _int_ge(1), "an integer ONNX opset, e.g. 18", "callbacks.onnx_export.opset=18"),
+    Rule("callbacks.onnx_export.parity_batches", _int_ge(1), "an integer >= 1", "callbacks.onnx_export.parity_batches=4"),
+    Rule("callbacks.onnx_export.batch_size", _int_ge(1), "an integer >= 1", "callbacks.onnx_export.batch_size=64"),
+    Rule("callbacks.onnx_export.atol", _num_in(0, float("inf")), "a number >= 0", "callbacks.onnx_export.atol=1e-4"),
+    Rule("callbacks.onnx_export.rtol", _num_in(0, float("inf")), "a number >= 0", "callbacks.onnx_export.rtol=1e-3"),
+    Rule("callbacks.onnx_export.min_agreement", _num_in(0, 1), "a fraction in [0, 1]", "callbacks.onnx_export.min_agreement=1.0"),
+    Rule("callbacks.onnx_export.samples", _int_ge(1), "an integer >= 1", "callbacks.onnx_export.samples=8"),
+    Rule("callbacks.quantize.mode", _one_of("auto", "dynamic", "static"), "one of: auto, dynamic, static", "callbacks.quantize.mode=auto"),
+    Rule("callbacks.quantize.calibration_batches", _int_ge(1), "an integer >= 1", "callbacks.quantize.calibration_batches=8"),
+    Rule("callbacks.quantize.batch_size", _int_ge(1), "an integer >= 1", "callbacks.quantize.batch_size=64"),
+    Rule("callbacks.quantize.max_accuracy_drop", _num_in(0, 1), "a fraction in [0, 1]", "callbacks.quantize.max_accuracy_drop=0.01"),
+    Rule("callbacks.quantize.per_channel", _one_of(True, False), "true or false", "callbacks.quantize.per_channel=true"),
+)
+
 RULES: tuple[Rule, ...] = (
     Rule("seed", _int_ge(0), "an integer >= 0", "seed=42", optional=False),
+    Rule("data.path", _text, "the path of a .csv/.tsv/.parquet file", "data.path=my.csv"),
+    Rule("data.target", _text, "the name of the label column", "data.target=label"),
+    Rule("data.format", _one_of("auto", "csv", "parquet"), "one of: auto, csv, parquet", "data.format=auto"),
+    Rule("data.root", _text, "a folder holding the IDX files", "data.root=~/data/mnist"),
     Rule("data.batch_size", _int_ge(1), "an integer >= 1", "data.batch_size=64"),
     Rule("data.num_workers", _int_ge(0), "an integer >= 0", "data.num_workers=0"),
     Rule("data.val_fraction", _num_in(0, 1, True, True), "a fraction in (0, 1)", "data.val_fraction=0.15"),
@@ -136,10 +165,35 @@ RULES: tuple[Rule, ...] = (
     Rule("model.loss.class_weights", _class_weights, "null, 'balanced' or a list of positive numbers", "model.loss.class_weights=balanced"),
     Rule("model.no_decay_bias_norm", _one_of(True, False), "true or false", "model.no_decay_bias_norm=true"),
     Rule("model.compile", _one_of(True, False), "true or false", "model.compile=true"),
+    Rule("model.net.hidden", _ints_ge(1), "a non-empty list of layer widths >= 1", "model.net.hidden=[256,128]"),
+    Rule("model.net.channels", _ints_ge(1), "a non-empty list of channel counts >= 1", "model.net.channels=[32,64]"),
+    Rule("model.net.dropout", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "model.net.dropout=0.1"),
+    Rule("model.net.norm", _one_of("batch", "layer", "none"), "one of: batch, layer (mlp only), none", "model.net.norm=batch"),
+    Rule("model.net.activation", _one_of("relu", "gelu", "silu"), "one of: relu, gelu, silu", "model.net.activation=relu"),
+    Rule("data.drift.enabled", _one_of(True, False), "true or false", "data.drift.enabled=true"),
+    Rule("data.drift.bins", _int_ge(2), "an integer >= 2", "data.drift.bins=10"),
+    Rule("data.drift.psi_warn", _num_in(0, float("inf")), "a number >= 0", "data.drift.psi_warn=0.1"),
+    Rule("data.drift.psi_alert", _num_in(0, float("inf")), "a number >= 0", "data.drift.psi_alert=0.25"),
+    Rule("data.drift.js_warn", _num_in(0, 1), "a number in [0, 1]", "data.drift.js_warn=0.05"),
+    Rule("data.drift.js_alert", _num_in(0, 1), "a number in [0, 1]", "data.drift.js_alert=0.1"),
+    Rule("data.drift.epsilon", _num_in(0, 1, lo_open=True), "a number in (0, 1]", "data.drift.epsilon=0.0001"),
+    Rule("callbacks.early_stopping.patience", _int_ge(0), "an integer >= 0 (epochs)", "callbacks.early_stopping.patience=6"),
+    Rule("callbacks.early_stopping.min_delta", _num_in(0, float("inf")), "a number >= 0", "callbacks.early_stopping.min_delta=0.0"),
+    Rule("callbacks.model_checkpoint.save_top_k", _int_ge(-1), "an integer >= -1 (-1: keep all)", "callbacks.model_checkpoint.save_top_k=1"),
+    *BUNDLE_RULES,
     Rule("monitor.metric", _one_of(*METRIC_NAMES), f"a logged metric: {_METRICS}", "monitor.metric=val/acc", optional=False),
     Rule("monitor.mode", _one_of("min", "max"), "one of: min, max", "monitor.mode=max", optional=False),
     Rule("optimized_metric", _none_or(_one_of(*METRIC_NAMES)), f"null or a logged metric: {_METRICS}", "optimized_metric=val/acc_best", optional=False),
     Rule("ckpt_path", _none_or(lambda v: isinstance(v, str) and v != ""), "null or a path to a .ckpt file", "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt", optional=False),
+)
+
+
+EXPORT_RULES: tuple[Rule, ...] = (
+    Rule("ckpt_path", _text, "the path of a .ckpt file written by train.py",
+         "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt", optional=False),
+    Rule("bundle_dir", _none_or(_text), "null (next to the checkpoint's run) or a directory", "bundle_dir=my_bundle"),
+    Rule("quantize_int8", _one_of(True, False), "true or false", "quantize_int8=false", optional=False),
+    *BUNDLE_RULES,
 )
 
 
@@ -153,27 +207,29 @@ def _show(v: Any) -> str:
     return repr(v)
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` listing every problem in ``cfg``; return None if it can run.
-
-    Checks: required values (``???``) are set, every interpolation resolves, each known key
-    has the right type and range, cross-key constraints (fractions, nesterov, resume path).
-    """
-    problems: list[str] = []
+def _resolution_problems(cfg: DictConfig, rules: tuple[Rule, ...]) -> list[str]:
+    """Required values (``???``) that are not set, and interpolations that cannot resolve."""
     try:
         missing = sorted(OmegaConf.missing_keys(cfg))
     except Exception as e:  # an interpolation that cannot resolve, reported as config, not traceback
-        raise ConfigError([f"an interpolation cannot be resolved: {e}"]) from None
-    for key in missing:
-        problems.append(f"{key} is required but not set (???). Fix: add `{key}=<value>` to the command line.")
+        return [f"an interpolation cannot be resolved: {e}"]
+    examples = {rule.path: rule.example for rule in rules}
+    problems = [
+        f"{key} is required but not set (???). Fix: add {examples.get(key, f'{key}=<value>')} to the command line"
+        for key in missing
+    ]
     if problems:
-        raise ConfigError(problems)
+        return problems
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:
-        raise ConfigError([f"an interpolation cannot be resolved: {e}"]) from None
+        return [f"an interpolation cannot be resolved: {e}"]
+    return []
 
-    for rule in RULES:
+
+def _rule_problems(cfg: DictConfig, rules: tuple[Rule, ...]) -> list[str]:
+    problems = []
+    for rule in rules:
         value = _select(cfg, rule.path)
         if value is _MISSING:
             if not rule.optional:
@@ -181,6 +237,72 @@ def validate_config(cfg: DictConfig) -> None:
             continue
         if not rule.ok(value):
             problems.append(f"{rule.path}={_show(value)}: expected {rule.expected}. Fix: e.g. {rule.example}")
+    return problems
+
+
+def _no_file(key: str, value: str, expected: str, fix: str, folder: bool = False) -> str | None:
+    """A problem when ``value`` is not an existing file (or folder); relative paths start at the cwd."""
+    path = Path(os.path.expanduser(value) if folder else value)
+    if path.is_dir() if folder else path.is_file():
+        return None
+    what = "a folder, not a file" if path.is_dir() else ("a file, not a folder" if path.exists() else "")
+    what = what or f"no such {'folder' if folder else 'file'}"
+    where = "" if path.is_absolute() else f" (relative to {os.getcwd()})"
+    return f"{key}={value!r}: {what}{where}; expected {expected}. Fix: {fix}"
+
+
+def _file_problems(cfg: DictConfig) -> list[str]:
+    """Files the run reads (data, contract, checkpoint), checked before anything is imported."""
+    problems = []
+    path = _select(cfg, "data.path")
+    if _text(path):
+        problems.append(_no_file("data.path", path, "a .csv/.tsv/.parquet file", "data.path=<your table file>"))
+    root = _select(cfg, "data.root")
+    if _text(root):
+        problems.append(_no_file("data.root", root, "a folder holding the IDX files (train-images-idx3-ubyte...)",
+                                 "data.root=<the folder with the 4 IDX files>", folder=True))
+    problems.append(_contract_problem(_select(cfg, "data.contract")))
+    ckpt = _select(cfg, "ckpt_path")
+    if _text(ckpt):
+        problems.append(_no_file("ckpt_path", ckpt, "a .ckpt file written by keel",
+                                 "give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt"))
+    return [p for p in problems if p]
+
+
+def _contract_problem(contract: Any) -> str | None:
+    """A contract given as a YAML path or inline must exist and parse (same code the data uses)."""
+    if contract is _MISSING or contract is None:
+        return None  # inferred from the data at setup
+    if not isinstance(contract, (str, DictConfig)):
+        return (f"data.contract={_show(contract)}: expected null (inferred from the data), a mapping or the path "
+                "of a contract YAML file. Fix: data/contract=<name> (conf/data/contract/) or data.contract=<file.yaml>")
+    if isinstance(contract, str):
+        missing = _no_file("data.contract", contract, "a contract YAML file (e.g. from `keel contract infer`)",
+                           "data.contract=<file.yaml>, or pick one with data/contract=<name> from conf/data/contract/")
+        if missing:
+            return missing
+    from keel.data.contract import contract_from_dict, load_contract_spec
+
+    try:
+        spec = contract if isinstance(contract, str) else OmegaConf.to_container(contract, resolve=True)
+        contract_from_dict(load_contract_spec(spec))
+    except KeelError as e:
+        return f"data.contract: {e}. Fix: correct the contract (see README: Data contracts)"
+    return None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every problem in ``cfg``; return None if it can run.
+
+    Checks: required values (``???``) are set, every interpolation resolves, each known key
+    has the right type and range, cross-key constraints (fractions, nesterov, drift levels),
+    and the files the run reads (``data.path``, ``data.root``, a contract YAML, ``ckpt_path``)
+    exist. Imports neither torch nor Lightning.
+    """
+    problems = _resolution_problems(cfg, RULES)
+    if problems:
+        raise ConfigError(problems)
+    problems = _rule_problems(cfg, RULES)
 
     val_f = _select(cfg, "data.val_fraction")
     test_f = _select(cfg, "data.test_fraction")
@@ -194,14 +316,34 @@ def validate_config(cfg: DictConfig) -> None:
             "optimizer.nesterov=true with optimizer.momentum=0: Nesterov needs momentum > 0."
             " Fix: optimizer.momentum=0.9 or optimizer.nesterov=false"
         )
-    ckpt = _select(cfg, "ckpt_path")
-    if isinstance(ckpt, str) and ckpt and not os.path.isfile(ckpt):
-        problems.append(
-            f"ckpt_path={ckpt!r}: no such file (looked in {os.getcwd()}). Fix: give the path of a .ckpt file,"
-            " e.g. <run dir>/checkpoints/last.ckpt"
-        )
+    for kind in ("psi", "js"):
+        warn, alert = _select(cfg, f"data.drift.{kind}_warn"), _select(cfg, f"data.drift.{kind}_alert")
+        if _is_num(warn) and _is_num(alert) and warn > alert:
+            problems.append(
+                f"data.drift.{kind}_warn={warn:g} > data.drift.{kind}_alert={alert:g}: expected warn <= alert."
+                f" Fix: e.g. data.drift.{kind}_warn={alert:g}"
+            )
+    if str(_select(cfg, "model.net._target_")).endswith(".CNN") and _select(cfg, "model.net.norm") == "layer":
+        problems.append("model.net.norm='layer' with model=cnn: expected batch or none. Fix: model.net.norm=batch")
+    problems += _file_problems(cfg)
     if problems:
         raise ConfigError(problems)
 
 
-__all__ = ["ConfigError", "Rule", "RULES", "validate_config"]
+def validate_export_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every problem in an ``export.py`` config
+    (``ckpt_path`` set and a file, export and int8 options in range). Imports nothing heavy."""
+    problems = _resolution_problems(cfg, EXPORT_RULES)
+    if problems:
+        raise ConfigError(problems)
+    problems = _rule_problems(cfg, EXPORT_RULES)
+    ckpt = _select(cfg, "ckpt_path")
+    if _text(ckpt):
+        problems.append(_no_file("ckpt_path", ckpt, "a .ckpt file written by train.py",
+                                 "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt"))
+    problems = [p for p in problems if p]
+    if problems:
+        raise ConfigError(problems)
+
+
+__all__ = ["ConfigError", "EXPORT_RULES", "Rule", "RULES", "validate_config", "validate_export_config"]

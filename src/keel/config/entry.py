@@ -1,0 +1,333 @@
+"""Run a ``@hydra.main`` app so that every config mistake exits 2 with one readable message.
+
+keel's own checks (:func:`keel.config.validate_config`) exit 2 with a message that names the
+key, the value, what is allowed and the fix. Mistakes Hydra catches itself while composing
+(an unknown key, an unknown group option, an experiment that does not exist, an override it
+cannot parse) are reported by ``hydra._internal.utils.run_and_report``, which prints Hydra's
+text and exits 1. :func:`run_app` puts a translating reporter in its place for the length of
+the call: Hydra's config errors and keel's errors become one ``error:`` message and exit 2;
+anything else (a crash while training) goes to Hydra's reporter unchanged, traceback
+included. ``HYDRA_FULL_ERROR=1`` keeps Hydra's full reports.
+
+Light on purpose: hydra, omegaconf and the standard library only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import CodeType, TracebackType
+from typing import Any
+
+from omegaconf import DictConfig
+
+from keel.config.validate import ConfigError
+from keel.errors import KeelError
+
+GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+
+
+def run_app(main: Callable[[], Any], argv: Sequence[str] | None = None) -> Any:
+    """Call ``main`` (a ``@hydra.main`` function) with keel's error reporting (see module doc).
+
+    Args:
+        main: the decorated task; called without arguments, so Hydra parses ``sys.argv``.
+        argv: the command-line overrides, for naming them in messages (default ``sys.argv[1:]``).
+    """
+    import hydra._internal.utils as hydra_utils
+
+    hydra_report = hydra_utils.run_and_report
+    args = list(sys.argv[1:] if argv is None else argv)
+    script = Path(sys.argv[0]).name or "train.py"
+    task = getattr(getattr(main, "__wrapped__", None), "__code__", None)
+
+    held = _HeldJobError()
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except Exception as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                held.release()
+                raise
+            message = user_error_message(e, args, script, task)
+            if message is None:
+                held.release()
+                return hydra_report(_raising(e))
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    from hydra.core.utils import JobReturn
+
+    hydra_value = JobReturn.return_value
+    hydra_utils.run_and_report = run_and_report
+    JobReturn.return_value = property(held.value, hydra_value.fset)
+    try:
+        return main()
+    finally:
+        hydra_utils.run_and_report = hydra_report
+        JobReturn.return_value = hydra_value
+
+
+class _HeldJobError:
+    """Holds back Hydra's "Error executing job with overrides: [...]" line (it writes it to
+    stderr when a job failed): for a user's mistake keel prints one message instead; for
+    anything else the line is printed after all, before Hydra's report."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def value(self, job: Any) -> Any:
+        from hydra.core.utils import JobStatus
+
+        if job.status == JobStatus.COMPLETED:
+            return job._return_value
+        self.lines.append(f"Error executing job with overrides: {job.overrides}")
+        raise job._return_value
+
+    def release(self) -> None:
+        lines, self.lines = self.lines, []
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+
+
+def exit_now(code: int = 0) -> None:
+    """Flush and end the process at once, skipping the interpreter's teardown.
+
+    After a finished run everything is written (checkpoints and records are fsynced, loggers
+    finalized); tearing down torch, ONNX and their modules would only add 1-2 s of waiting.
+    Call it only after a successful command.
+    """
+    import atexit
+    import logging
+
+    if _has_child_processes():
+        return  # e.g. joblib's worker pool: the normal exit stops it (else it holds our stdout open)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing left to say
+            pass
+    os._exit(code)
+
+
+def _has_child_processes() -> bool:
+    """Whether this process has live children (Linux /proc; elsewhere assume it may)."""
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    try:
+        return any((t / "children").read_text().strip() for t in tasks.iterdir())
+    except OSError:
+        return True
+
+
+def _raising(e: BaseException) -> Callable[[], Any]:
+    def again() -> Any:
+        raise e
+
+    return again
+
+
+def user_error_message(
+    e: BaseException, args: Sequence[str], script: str = "train.py", task: CodeType | None = None
+) -> str | None:
+    """The one message for a user's mistake; None for anything else (Hydra reports it).
+
+    Mistakes: a :class:`KeelError` (also wrapped by ``instantiate``), Hydra's composition errors,
+    an OmegaConf error outside the task function ``task`` (e.g. in ``hydra.run.dir``), a key
+    added with ``+`` that the instantiated class does not take.
+    """
+    keel_error = _keel_error(e)
+    if keel_error is not None:
+        return str(keel_error)
+    problems = hydra_problems(e, args, script)
+    if problems is None and _is_omegaconf_error(e) and task is not None and not _raised_in(e.__traceback__, task):
+        problems = [_omegaconf_problem(e, script)]  # e.g. an interpolation in hydra.run.dir
+    if problems is None:
+        problems = _unknown_argument_problem(e, script)
+    return None if problems is None else str(ConfigError(problems))
+
+
+def _unknown_argument_problem(e: BaseException, script: str) -> list[str] | None:
+    """A key added with ``+`` that the instantiated class does not take (``+trainer.max_epoch=3``)."""
+    from hydra.errors import InstantiationException
+
+    cause = e.__cause__
+    if not (isinstance(e, InstantiationException) and isinstance(cause, TypeError)):
+        return None
+    found = re.search(r"(\w+(?:\.\w+)*)\(\) got an unexpected keyword argument '(\w+)'", str(cause))
+    if found is None:
+        return None
+    where = re.search(r"full_key: (\S+)", str(e))
+    key = f"{where.group(1)}.{found.group(2)}" if where else found.group(2)
+    return [
+        f"{key}: not an argument of {found.group(1)}. Fix: check the spelling (`python {script} --cfg job` shows "
+        f"the composed config) or remove +{key}"
+    ]
+
+
+def _keel_error(e: BaseException) -> KeelError | None:
+    """A KeelError, itself or as the cause Hydra's ``instantiate`` wrapped it in."""
+    seen = 0
+    while e is not None and seen < 5:
+        if isinstance(e, KeelError):
+            return e
+        e, seen = e.__cause__, seen + 1
+    return None
+
+
+def _is_omegaconf_error(e: BaseException) -> bool:
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(e, OmegaConfBaseException)
+
+
+def _raised_in(tb: TracebackType | None, code: CodeType) -> bool:
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def hydra_problems(e: BaseException, args: Sequence[str], script: str = "train.py") -> list[str] | None:
+    """Hydra's composition error ``e`` as keel problem lines (override, what is allowed, fix).
+
+    ``args``: the command-line overrides, to quote the one at fault. Returns None when ``e`` is
+    not an error Hydra raises for a config mistake.
+    """
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(e, OverrideParseException):
+        return [_parse_problem(e)]
+    if isinstance(e, MissingConfigException):
+        return [_missing_option_problem(e, args, script)]
+    if isinstance(e, ConfigCompositionException):
+        cause = e.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+            return [_unknown_key_problem(str(cause.full_key), cause.parent_node, args, script)]
+        return [_generic_problem(e, script, args)]
+    return None
+
+
+def _override_for(key: str, args: Sequence[str]) -> str | None:
+    """The command-line override that sets ``key`` (``+key=v``, ``key@pkg=v``, ``~key`` too)."""
+    for arg in args:
+        name = arg.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+        if name == key:
+            return arg
+    return None
+
+
+def _parse_problem(e: Any) -> str:
+    reason = str(e.message).splitlines()[0]
+    reason = reason.removeprefix(f"Error parsing override '{e.override}'").strip() or reason
+    return (
+        f"{e.override!r}: not a valid override ({reason}). Expected GROUP=OPTION, KEY=VALUE, +KEY=VALUE (add), "
+        f"++KEY=VALUE (add or set) or ~KEY (delete). Fix: close brackets and quotes, or quote a value that holds "
+        f"spaces, commas, brackets or '=' (e.g. \"data.path='my file.csv'\"); grammar: {GRAMMAR}"
+    )
+
+
+def _missing_option_problem(e: Any, args: Sequence[str], script: str) -> str:
+    path = str(e.missing_cfg_file or "")
+    group, _, option = path.rpartition("/")
+    options = [str(o) for o in (e.options or [])]
+    if not group or not options:
+        return _generic_problem(e, script)
+    override = _override_for(group, args)
+    where = ""
+    if override is None:  # chosen inside another config (an experiment's defaults list)
+        found = re.match(r"In '([^']+)':", str(e))
+        where = f" (chosen in {found.group(1)}.yaml)" if found else ""
+        override = f"{group}={option}"
+    close = difflib.get_close_matches(option, options, n=1, cutoff=0.5)
+    guess = (close or options[:1])[0]
+    value = override.split("=", 1)[1] if "=" in override else option
+    fixed = ",".join(guess if part == option else part for part in value.split(","))  # sweeps: a,b,c
+    own = "" if group.startswith("hydra/") else f", or add your own conf/{group}/{option}.yaml"
+    return (
+        f"{override}{where}: no option {option!r} in config group {group!r}; expected one of: "
+        f"{', '.join(options)}. Fix: {'' if close else 'e.g. '}{group}={fixed}{own}"
+    )
+
+
+def _config_groups() -> list[str]:
+    """Top-level config groups of the app Hydra is running (``experiment``, ``debug``...)."""
+    try:
+        from hydra.core.global_hydra import GlobalHydra
+
+        gh = GlobalHydra.instance()
+        if not gh.is_initialized():
+            return []
+        return [g for g in gh.config_loader().list_groups("") if g != "hydra"]
+    except Exception:  # only for suggestions: never let them hide the real message
+        return []
+
+
+def _unknown_key_problem(full_key: str, parent: Any, args: Sequence[str], script: str) -> str:
+    parent_key, _, leaf = full_key.rpartition(".")
+    override = _override_for(full_key, args) or full_key
+    value = override.split("=", 1)[1] if "=" in override else None
+    keys = [str(k) for k in parent.keys() if parent_key or k != "hydra"] if isinstance(parent, DictConfig) else []
+    groups = _config_groups() if not parent_key else []
+    where = f"under {parent_key!r}" if parent_key else "at the top level"
+    guess = difflib.get_close_matches(leaf, keys + groups, n=1, cutoff=0.6)
+    shown = ", ".join(keys[:15]) + (", ..." if len(keys) > 15 else "")
+    expected = f"expected a key {where}" + (f": {shown}" if keys else "")
+    if guess:
+        fixed = f"{parent_key}.{guess[0]}" if parent_key else guess[0]
+        fix = f"{fixed}={value}" if value is not None else fixed
+        return f"{override}: no key {full_key!r} in the config ({expected}). Fix: {fix} (did you mean {fixed}?)"
+    return (
+        f"{override}: no key {full_key!r} in the config ({expected}). Fix: check the spelling "
+        f"(`python {script} --cfg job` prints every key), or add a new key with +{override.lstrip('+')}"
+    )
+
+
+def _generic_problem(e: BaseException, script: str, args: Sequence[str] = ()) -> str:
+    """Hydra's own message in one line; its hints (``To append ... use X``) become the fix."""
+    text = str(e).split("\nConfig search path:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    ambiguous = re.match(r"Ambiguous value for argument '(.+)'$", lines[0]) if lines else None
+    if ambiguous:
+        return (
+            f"{ambiguous.group(1)}: several values for one run. Fix: add -m (--multirun) to sweep over them, "
+            "or write key=[a,b] for a list value, or key='a,b' for text"
+        )
+    taken = re.match(r"Could not append to config\. An item is already at '(.+)'\.$", lines[0]) if lines else None
+    if taken:
+        key = taken.group(1)
+        override = _override_for(key, args) or f"+{key}=<value>"
+        value = override.split("=", 1)[1] if "=" in override else "<value>"
+        return f"{override}: {key!r} is already in the config ('+' adds a new key). Fix: {key}={value}"
+    merging = re.match(r"Error merging override (.+)$", lines[0]) if lines else None
+    if merging:
+        lines[0] = merging.group(1) + ":"
+    cause = e.__cause__
+    if cause is not None and _is_omegaconf_error(cause):
+        lines.append(str(cause).splitlines()[0])
+    fix = f"see `python {script} --help` (config groups and their options) and `--cfg job` (every key)"
+    hints = [line for line in lines if line.startswith("To append to your")]
+    if hints:
+        fix = hints[0].split(" use ", 1)[-1] + " to add it"
+    text = " ".join(line for line in lines if line not in hints)
+    return f"{text.rstrip('.')}. Fix: {fix}"
+
+
+def _omegaconf_problem(e: BaseException, script: str) -> str:
+    key = getattr(e, "full_key", None)
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return (
+        f"{key or 'config'}: {first}. Fix: correct the value or interpolation "
+        f"(`python {script} --cfg job` prints the composed config)"
+    )
+
+
+__all__ = ["hydra_problems", "run_app", "user_error_message"]

@@ -152,6 +152,57 @@ def test_table_bundle_predicts_csv_and_refuses_bad_rows(table_run, tmp_path):
     assert "missing-columns: mean radius" in proc.stderr and "nullable on mean texture: 1 of 5 rows fail" in proc.stderr
 
 
+def _predict_rows(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stdout.splitlines() if line[:1].isdigit()]
+
+
+def test_table_predict_reads_a_csv_without_pandas_or_pandera(table_run, tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).iloc[:8].to_csv(tmp_path / "x.csv", index=False)
+    code = (
+        "import sys; from keel.cli import main; rc = main(['predict', sys.argv[1], sys.argv[2]]); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'pandas', 'pyarrow', "
+        "'pandera')); print('HEAVY', bad); sys.exit(rc)"
+    )
+    proc = _run([sys.executable, "-c", code, str(table_run / "bundle"), str(tmp_path / "x.csv")])
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout and len(_predict_rows(proc)) == 8
+
+
+def test_csv_and_parquet_inputs_give_the_same_predictions_and_refusals(table_run, tmp_path):
+    # the CSV is read without pandas (keel.serve.table), the Parquet file with pandas and pandera
+    from sklearn.datasets import load_breast_cancer
+
+    b = table_run / "bundle"
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).iloc[:30]
+    frame.to_csv(tmp_path / "x.csv", index=False)
+    frame.to_parquet(tmp_path / "x.parquet", index=False)
+    csv_out, parquet_out = (_run([*KEEL, "predict", str(b), str(tmp_path / f"x.{ext}")]) for ext in ("csv", "parquet"))
+    assert csv_out.returncode == parquet_out.returncode == 0, csv_out.stderr + parquet_out.stderr
+    assert csv_out.stdout == parquet_out.stdout and len(_predict_rows(csv_out)) == 30
+    bad = frame.drop(columns=["mean radius"]).assign(extra=1.0)
+    bad.loc[2, "mean texture"] = np.nan
+    bad.loc[[4, 7], "mean area"] = [-5.0, 1e39]
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    bad.to_parquet(tmp_path / "bad.parquet", index=False)
+    csv_bad, parquet_bad = (_run([*KEEL, "predict", str(b), str(tmp_path / f"bad.{ext}")])
+                            for ext in ("csv", "parquet"))
+    assert csv_bad.returncode == parquet_bad.returncode == 2 and csv_bad.stdout == parquet_bad.stdout == ""
+    assert csv_bad.stderr.replace("bad.csv", "bad.FILE") == parquet_bad.stderr.replace("bad.parquet", "bad.FILE")
+    for expected in ("extra-columns: extra", "missing-columns: mean radius", "nullable on mean texture: 1 of 30 rows",
+                     "range on mean area: 2 of 30 rows fail (allowed [0, 5002]); e.g. row 4: -5.0, row 7: 1e+39"):
+        assert expected in csv_bad.stderr, csv_bad.stderr
+
+
+def test_predict_into_a_closed_pipe_exits_quietly(digits_run, tmp_path):
+    _digits_npy(tmp_path / "x.npy", n=1797)  # ~180 kB of output: more than a pipe holds
+    command = (f"set -o pipefail; {sys.executable} -m keel.cli predict {digits_run / 'bundle'} {tmp_path / 'x.npy'}"
+               " | head -n 2")
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2 and proc.stderr == "", proc.stderr
+
+
 def test_export_py_rebuilds_the_bundle_from_a_checkpoint(digits_run, tmp_path):
     m = json.loads((digits_run / "metrics.json").read_text())
     out = tmp_path / "b"
@@ -164,16 +215,32 @@ def test_export_py_rebuilds_the_bundle_from_a_checkpoint(digits_run, tmp_path):
     assert _run([*KEEL, "bundle", "verify", str(out)]).returncode == 0
 
 
-def test_int8_over_budget_is_left_out_with_a_message(digits_run, tmp_path):
+def test_int8_over_budget_is_left_out_with_a_message(digits_run, tmp_path, capsys):
+    # A budget no int8 model can meet (the config check refuses negative budgets on the command
+    # line, so the export job is composed and run in-process with one).
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from keel.config import register_resolvers
+    from keel.pipeline import export
+
+    register_resolvers()
     m = json.loads((digits_run / "metrics.json").read_text())
     out = tmp_path / "b"
-    proc = _run([sys.executable, "export.py", f"ckpt_path={m['best_checkpoint']}", f"bundle_dir={out}",
-                 f"paths.log_dir={tmp_path / 'logs'}", "callbacks.quantize.max_accuracy_drop=-1"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="export", overrides=[f"ckpt_path={m['best_checkpoint']}", f"bundle_dir={out}",
+                                                       f"paths.log_dir={tmp_path / 'logs'}"])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.callbacks.quantize.max_accuracy_drop = -1
+        cfg.paths.output_dir = str(tmp_path / "export")  # no Hydra run here to name it
+    export(cfg)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["int8"] is None and not (out / "model.int8.onnx").exists()
     assert "exceeds the budget quantize.max_accuracy_drop=-1" in manifest["quantization"]["reason"]
-    assert "left out" in proc.stdout
+    assert "left out" in capsys.readouterr().out
     pred = _run([*KEEL, "predict", str(out), str(out / "samples" / "input.npy"), "--int8"])
     assert pred.returncode == 2 and "no int8 model in this bundle" in pred.stderr
 
@@ -205,7 +272,7 @@ def test_export_refuses_bad_checkpoints(tmp_path, kind):
     proc = _run([sys.executable, "export.py", f"ckpt_path={path}", f"paths.log_dir={tmp_path / 'logs'}"])
     assert proc.returncode == 2
     expected = {"foreign": "not a keel checkpoint", "pickled": "refused: the file holds pickled Python objects",
-                "missing": "no such checkpoint file"}[kind]
+                "missing": "no such file; expected a .ckpt file written by train.py"}[kind]
     assert expected in proc.stderr and "Traceback" not in proc.stderr
 
 

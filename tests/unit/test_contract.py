@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import numpy as np
@@ -16,6 +15,7 @@ from keel.data.contract import (
     ContractViolationError,
     TensorContract,
     Violation,
+    load_contract_spec,
 )
 from keel.errors import KeelError
 
@@ -42,21 +42,6 @@ def by_rule(report: ContractReport) -> dict[tuple[str, str], Violation]:
     keyed = {(v.rule, v.feature): v for v in report.violations}
     assert len(keyed) == len(report.violations), "one violation per (rule, feature)"
     return keyed
-
-
-def same_examples(got, expected) -> bool:
-    """Compare example tuples, treating NaN == NaN."""
-    if len(got) != len(expected):
-        return False
-    for (gi, gv), (ei, ev) in zip(got, expected):
-        if gi != ei:
-            return False
-        if isinstance(ev, float) and math.isnan(ev):
-            if not (isinstance(gv, float) and math.isnan(gv)):
-                return False
-        elif gv != pytest.approx(ev):
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------- from_dict
@@ -207,27 +192,27 @@ def test_every_violation_is_reported_with_counts_and_examples():
 
     rng = v["range", "x"]
     assert (rng.failing, rng.total) == (2, 8)
-    assert same_examples(rng.examples, ((1, 1.5), (4, -0.25)))
+    assert rng.examples == ((1, 1.5), (4, -0.25))
     assert rng.detail == "allowed [0, 1]"
 
     fin = v["finite", "x"]
     assert (fin.failing, fin.total) == (1, 8)
-    assert same_examples(fin.examples, ((6, float("nan")),))
+    assert fin.examples == ((6, "NaN"),)  # non-finite examples as text: the report is strict JSON
 
     nan_labels = v["finite", "label"]
     assert (nan_labels.failing, nan_labels.total) == (2, 8)
-    assert same_examples(nan_labels.examples, ((3, float("nan")), (5, float("nan"))))
+    assert nan_labels.examples == ((3, "NaN"), (5, "NaN"))
 
     cls = v["classes", "label"]
     assert (cls.failing, cls.total) == (1, 8)  # NaN labels are not double-counted as unknown
-    assert same_examples(cls.examples, ((2, 5.0),))
+    assert cls.examples == ((2, 5.0),)
     assert cls.detail == "allowed [0, 1, 2]"
 
     # examples are plain Python values (no numpy scalars): JSON-serializable report
     for viol in report.violations:
         for i, val in viol.examples:
             assert type(i) is int and not isinstance(val, np.generic)
-    plain = json.loads(json.dumps(report.to_dict()))
+    plain = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert plain["split"] == "train" and plain["rows"] == 8
     assert {"rule": "range", "feature": "x", "failing": 2, "total": 8,
             "examples": [[1, 1.5], [4, -0.25]], "detail": "allowed [0, 1]"} in plain["violations"]
@@ -238,8 +223,8 @@ def test_infinite_value_breaks_both_finite_and_range():
     x[2, 0, 1, 0] = np.inf
     v = by_rule(make().check(x, None, "val"))
     assert set(v) == {("finite", "x"), ("range", "x")}
-    assert v["finite", "x"].examples == ((2, math.inf),)
-    assert v["range", "x"].examples == ((2, math.inf),)
+    assert v["finite", "x"].examples == ((2, "Inf"),)
+    assert v["range", "x"].examples == ((2, "Inf"),)
 
 
 def test_finite_false_allows_nan_but_range_still_applies():
@@ -359,7 +344,7 @@ def test_violation_error_lists_every_bad_split_and_violation():
     lines = str(err).splitlines()
     assert lines[0] == "data contract 'toy' violated in data/toy.npz (4 violations):"
     assert lines[1] == "  split 'train' (5 rows):"
-    assert lines[2] == "    - finite on x: 1 of 5 rows fail (NaN or Inf); e.g. row 0: nan"
+    assert lines[2] == "    - finite on x: 1 of 5 rows fail (NaN or Inf); e.g. row 0: NaN"
     assert lines[3] == "    - range on x: 1 of 5 rows fail (allowed [0, 1]); e.g. row 3: 4.0"
     assert lines[4] == "  split 'test' (2 rows):"
     assert lines[5] == "    - dtype on x: 2 of 2 rows fail (dtype float64, expected float32)"
@@ -373,3 +358,17 @@ def test_violation_error_singular_count():
     report = ContractReport("toy", "val", 0, (Violation("non-empty", "x", 0, 0, detail="the split has no rows"),))
     with pytest.raises(ContractViolationError, match=r"\(1 violation\):\n  split 'val' \(0 rows\):"):
         raise ContractViolationError([report])
+
+
+def test_contract_yaml_is_loaded_safely(tmp_path):
+    """A contract file is data: a YAML tag that would build a Python object (and run code) is refused."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(KeelError, match=r"evil.yaml: not valid YAML \(could not determine a constructor"):
+        load_contract_spec(str(evil))
+    assert not marker.exists()
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(KeelError, match=r"list.yaml: expected a contract mapping, got list"):
+        load_contract_spec(str(listed))

@@ -109,3 +109,63 @@ def test_usage_and_input_errors_exit_2(tmp_path, ref, capsys):
     assert "empty.csv: the file is empty" in capsys.readouterr().err
     assert main(["drift", str(ref), str(ref), "--psi-warn", "0.5", "--psi-alert", "0.2"]) == 2
     assert "psi" in capsys.readouterr().err
+
+
+def test_replay_is_listed_with_the_help_of_its_full_parser(capsys):
+    from keel.cli import _parser
+
+    # `keel replay` gets its parser (keel.replay, ~40 ms of imports) only when it is the command;
+    # the stand-in that lists it elsewhere must say the same
+    assert _parser().format_help() == _parser("replay").format_help()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "re-run a run from its run.json" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    assert "--tolerance" in capsys.readouterr().out
+
+
+def test_predict_does_not_import_replay():
+    code = "import sys; from keel.cli import _parser; _parser('predict'); print(sorted(m for m in sys.modules " \
+           "if m in ('keel.replay', 'keel.run_manifest', 'importlib.metadata')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv,status,fast",
+    [(["predict", "b", "x.npy"], 0, True), (["predict", "b", "x.npy"], 2, False), (["drift", "a", "b"], 0, False)],
+    ids=["predict-ok", "predict-failed", "other-command"],
+)
+def test_console_entry_exits_at_once_only_after_a_successful_predict(monkeypatch, argv, status, fast):
+    import io
+
+    import keel.cli
+
+    class Exited(Exception):
+        pass
+
+    class Stream(io.StringIO):
+        flushed = ""
+
+        def flush(self) -> None:
+            self.flushed = self.getvalue()
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    def fake_main(args: list[str]) -> int:
+        print("rows")
+        return status
+
+    out = Stream()
+    monkeypatch.setattr(sys, "argv", ["keel", *argv])
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(keel.cli, "main", fake_main)
+    monkeypatch.setattr(keel.cli.os, "_exit", fake_exit)
+    with pytest.raises(Exited if fast else SystemExit) as exit_info:
+        keel.cli.console_main()
+    code = exit_info.value.args[0] if fast else exit_info.value.code
+    assert code == status
+    if fast:  # os._exit skips the interpreter's own flush: console_main must have flushed
+        assert out.flushed == "rows\n"

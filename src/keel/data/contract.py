@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ import numpy as np
 from keel.errors import KeelError
 
 MAX_EXAMPLES = 5
+# Models take float32 input: a finite float64 beyond this becomes Inf when it is cast.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Violation:
     rows: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
-        if self.rule in ("missing-columns", "extra-columns"):
+        if self.rule in ("missing-columns", "extra-columns", "duplicate-columns", "type"):
             return f"{self.rule}: {self.feature} ({self.detail})"
         ex = ", ".join(f"row {i}: {v}" for i, v in self.examples)
         text = f"{self.rule} on {self.feature}: {self.failing} of {self.total} rows fail"
@@ -80,7 +83,7 @@ class ContractReport:
                     "feature": v.feature,
                     "failing": v.failing,
                     "total": v.total,
-                    "examples": [[i, _plain(x)] for i, x in v.examples],
+                    "examples": [[i, plain_value(x)] for i, x in v.examples],
                     "detail": v.detail,
                 }
                 for v in self.violations
@@ -118,14 +121,38 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _plain(x: Any) -> Any:
+def plain_value(x: Any, max_chars: int = 80) -> Any:
+    """A report value as plain JSON data: numpy scalars as Python ones, NaN/Inf as text (strict
+    JSON has no NaN), anything else (bytes, dates, complex, objects) as its text, cut short."""
     if isinstance(x, np.generic):
-        return x.item()
-    return x
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("Inf" if x > 0 else "-Inf")
+    if x is None or isinstance(x, (bool, int, float)):
+        return x
+    text = x if isinstance(x, str) else str(x)
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def _numeric_dtype_name(name: Any) -> bool:
+    """Whether ``name`` names a bool, integer or float numpy dtype (``np.dtype(None)`` would
+    silently mean float64, and text, dates or records cannot be a model's input)."""
+    try:
+        return isinstance(name, str) and np.dtype(name).kind in "biuf"
+    except (TypeError, ValueError):
+        return False
+
+
+def _array(value: Any) -> np.ndarray | None:
+    """``value`` as a numpy array; None for ragged nested sequences (numpy refuses them)."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError):
+        return None
 
 
 def _examples(rows: np.ndarray, values: np.ndarray) -> tuple[tuple[int, Any], ...]:
-    return tuple((int(i), _plain(v)) for i, v in zip(rows[:MAX_EXAMPLES], values[:MAX_EXAMPLES]))
+    return tuple((int(i), plain_value(v)) for i, v in zip(rows[:MAX_EXAMPLES], values[:MAX_EXAMPLES]))
 
 
 @dataclass(frozen=True)
@@ -163,12 +190,10 @@ class TensorContract:
         shape = spec["shape"]
         if not (isinstance(shape, Sequence) and shape and all(_is_int(d) and d > 0 for d in shape)):
             problems.append(f"shape={shape!r}: expected a non-empty list of positive integers, e.g. [1, 8, 8]")
-        try:
-            if spec["dtype"] is None:  # np.dtype(None) would silently mean float64
-                raise TypeError
-            np.dtype(spec["dtype"])
-        except TypeError:
-            problems.append(f"dtype={spec['dtype']!r}: expected a numpy dtype name such as float32")
+        if not _numeric_dtype_name(spec["dtype"]):
+            problems.append(
+                f"dtype={spec['dtype']!r}: expected a numpy dtype name such as float32 (a bool, integer or float type)"
+            )
         classes = spec["classes"]
         if not (isinstance(classes, Sequence) and len(classes) >= 2 and all(_is_int(c) for c in classes)):
             problems.append(f"classes={classes!r}: expected a list of at least 2 integer labels")
@@ -243,7 +268,10 @@ class TensorContract:
 
     def _check(self, x: Any, y: Any | None, split: str) -> ContractReport:
         out: list[Violation] = []
-        x = np.asarray(x)
+        x = _array(x)
+        if x is None:
+            detail = "not an array: nested sequences of different lengths"
+            return ContractReport(self.name, split, 0, (Violation("shape", "x", 0, 0, detail=detail),))
         n = int(x.shape[0]) if x.ndim else 0
         if x.ndim == 0 or n == 0:
             out.append(Violation("non-empty", "x", 0, 0, detail="the split has no rows"))
@@ -254,18 +282,23 @@ class TensorContract:
             )
         if x.dtype != np.dtype(self.dtype):
             out.append(Violation("dtype", "x", n, n, detail=f"dtype {x.dtype}, expected {self.dtype}"))
-        numeric = np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)
-        if numeric:
+        # booleans, integers and floats only: complex, datetime and text values have no order
+        # against the contract's range (their dtype violation is reported above)
+        if x.dtype.kind in "biuf":
             flat = x.reshape(n, -1)
-            if np.issubdtype(flat.dtype, np.floating):
+            if np.issubdtype(flat.dtype, np.floating) and self.finite:
                 bad = ~np.isfinite(flat)
-                if self.finite:
-                    rows = np.flatnonzero(bad.any(axis=1))
-                    if rows.size:
-                        first = flat[rows, bad[rows].argmax(axis=1)]
-                        out.append(
-                            Violation("finite", "x", int(rows.size), n, _examples(rows, first), "NaN or Inf", rows)
-                        )
+                detail = "NaN or Inf"
+                if flat.dtype.itemsize > 4:  # served as float32: larger values turn into Inf
+                    with np.errstate(invalid="ignore"):
+                        over = np.abs(flat) > FLOAT32_MAX
+                    if over.any():
+                        bad |= over
+                        detail = "NaN or Inf, or beyond the float32 range (|value| > 3.4e38)"
+                rows = np.flatnonzero(bad.any(axis=1))
+                if rows.size:
+                    first = flat[rows, bad[rows].argmax(axis=1)]
+                    out.append(Violation("finite", "x", int(rows.size), n, _examples(rows, first), detail, rows))
             if self.range is not None:
                 lo, hi = self.range
                 with np.errstate(invalid="ignore"):
@@ -280,7 +313,11 @@ class TensorContract:
                         )
                     )
         if y is not None:
-            out += self._check_labels(np.asarray(y), n)
+            labels = _array(y)
+            if labels is None:
+                out.append(Violation("shape", "label", n, n, detail="not an array: nested sequences of different lengths"))
+            else:
+                out += self._check_labels(labels, n)
         return ContractReport(self.name, split, n, tuple(out))
 
     def _check_labels(self, y: np.ndarray, n: int) -> list[Violation]:
@@ -353,6 +390,6 @@ def contract_from_dict(spec: Mapping[str, Any]) -> Any:
 
 
 __all__ = [
-    "ContractError", "ContractReport", "ContractViolationError", "TensorContract", "Violation", "contract_from_dict",
-    "load_contract_spec",
+    "FLOAT32_MAX", "ContractError", "ContractReport", "ContractViolationError", "TensorContract", "Violation",
+    "contract_from_dict", "load_contract_spec", "plain_value",
 ]

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from keel.data.contract import MAX_EXAMPLES, ContractError, ContractReport, Violation
+from keel.data.contract import FLOAT32_MAX, MAX_EXAMPLES, ContractError, ContractReport, Violation, plain_value
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NUMERIC_DTYPES = ("float64", "float32", "int64", "int32", "bool")
 DTYPES = NUMERIC_DTYPES + ("category",)
@@ -104,8 +107,28 @@ def _column_from_dict(name: str, spec: Any, problems: list[str]) -> ColumnSpec |
     )
 
 
+def _positions(s: pd.Series, values: Sequence[str]) -> pd.Series:
+    """Position of each value of ``s`` in ``values``, NaN where it is none of them.
+
+    Values compare as text, but not through ``astype(str)``: that decodes bytes as UTF-8 and
+    raises on other bytes. A whole float also matches its integer text: a CSV column of codes
+    "1", "2" with a missing value in it reads back as 1.0, 2.0, NaN.
+    """
+    lookup = {v: i for i, v in enumerate(values)}
+
+    def position(v: Any) -> float:
+        i = lookup.get(v if isinstance(v, str) else str(v))
+        if i is None and isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
+            i = lookup.get(str(int(v)))
+        return np.nan if i is None else float(i)
+
+    return s.astype(object).map(position).astype("float64")
+
+
 def _numeric_view(s: pd.Series) -> pd.Series:
     """Values as float64; entries that are not numbers become NaN (reported by the dtype rule)."""
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(s):
         return s.astype("float64")
     if pd.api.types.is_numeric_dtype(s):
@@ -144,6 +167,9 @@ class TableContract:
         problems += [f"missing key {k!r}" for k in ("name", "target", "classes", "columns") if k not in spec]
         if problems:
             raise ContractError("invalid table contract: " + "; ".join(problems))
+        target = spec["target"]
+        if not (isinstance(target, str) and target):
+            problems.append(f"target={target!r}: expected the name of the label column")
         classes = spec["classes"]
         if not (isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) >= 2):
             problems.append(f"classes={classes!r}: expected a list of at least 2 label values")
@@ -164,8 +190,8 @@ class TableContract:
                 c = _column_from_dict(str(col), cspec, problems)
                 if c is not None:
                     parsed.append(c)
-            if spec["target"] in cols:
-                problems.append(f"columns: the target {spec['target']!r} is declared by `target`/`classes`, not a feature")
+            if isinstance(target, str) and target in cols:
+                problems.append(f"columns: the target {target!r} is declared by `target`/`classes`, not a feature")
         if problems:
             raise ContractError("invalid table contract: " + "; ".join(problems))
         return cls(
@@ -237,7 +263,14 @@ class TableContract:
                         ignore_na=True,
                     )
                 )
-                checks.append(pa.Check(lambda s: ~np.isinf(_numeric_view(s)), error="finite|Inf", ignore_na=True))
+                # the model computes in float32: beyond its range a finite float64 becomes Inf
+                checks.append(
+                    pa.Check(
+                        lambda s: ~(_numeric_view(s).abs() > FLOAT32_MAX),
+                        error="finite|Inf, or beyond the float32 range (|value| > 3.4e38)",
+                        ignore_na=True,
+                    )
+                )
                 if c.min is not None or c.max is not None:
                     lo = -np.inf if c.min is None else c.min
                     hi = np.inf if c.max is None else c.max
@@ -252,7 +285,7 @@ class TableContract:
                 allowed = list(c.categories or ())
                 checks.append(
                     pa.Check(
-                        lambda s, allowed=allowed: s.astype(str).isin(allowed),
+                        lambda s, allowed=allowed: _positions(s, allowed).notna(),
                         error=f"categories|allowed {allowed if len(allowed) <= 8 else allowed[:8] + ['...']}",
                         ignore_na=True,
                     )
@@ -274,20 +307,37 @@ class TableContract:
         return pa.DataFrameSchema(columns, strict=True, name=self.name)
 
     def _label_ok(self, s: pd.Series) -> pd.Series:
+        import pandas as pd
+
         if all(isinstance(c, int) for c in self.classes) and pd.api.types.is_numeric_dtype(s):
             return s.astype("float64").isin([float(c) for c in self.classes])
-        return s.astype(str).isin([str(c) for c in self.classes])
+        return _positions(s, [str(c) for c in self.classes]).notna()
 
     def check(self, df: pd.DataFrame, split: str, with_target: bool = True) -> ContractReport:
-        """Validate ``df`` (its index = source row ids) and return every violation.
+        """Validate ``df`` and return every violation.
+
+        Row ids in the report are ``df``'s index when it is a unique integer index (source
+        row ids), else positions.
 
         ``with_target=False`` checks features only (serving data has no labels).
         """
+        import pandas as pd
+
         import pandera.pandas as pa
 
+        if not isinstance(df, pd.DataFrame):
+            detail = f"expected a table (pandas DataFrame), got {type(df).__name__}"
+            return ContractReport(self.name, split, 0, (Violation("type", "table", 0, 0, detail=detail),))
         n = len(df)
         if n == 0:
             return ContractReport(self.name, split, 0, (Violation("non-empty", "table", 0, 0, detail="no rows"),))
+        dup = df.columns[df.columns.duplicated()].unique()
+        if len(dup):  # df[name] would be a table, not a column: nothing else can be checked
+            names = ", ".join(map(str, dup))
+            detail = "each column name must appear once"
+            return ContractReport(self.name, split, n, (Violation("duplicate-columns", names, n, n, detail=detail),))
+        if not (pd.api.types.is_integer_dtype(df.index) and df.index.is_unique):
+            df = df.reset_index(drop=True)  # row ids must name one row each: positions then
         try:
             self._schema(with_target).validate(df, lazy=True)
         except pa.errors.SchemaErrors as err:
@@ -296,12 +346,13 @@ class TableContract:
 
     def encode_labels(self, y: pd.Series | np.ndarray) -> np.ndarray:
         """Label values -> int64 class indices in ``classes`` order (call after a clean check)."""
+        import pandas as pd
+
         s = pd.Series(np.asarray(y))
         if all(isinstance(c, int) for c in self.classes) and pd.api.types.is_numeric_dtype(s):
             lookup = {float(c): i for i, c in enumerate(self.classes)}
             return s.astype("float64").map(lookup).to_numpy(dtype=np.int64)
-        lookup = {str(c): i for i, c in enumerate(self.classes)}
-        return s.astype(str).map(lookup).to_numpy(dtype=np.int64)
+        return _positions(s, [str(c) for c in self.classes]).to_numpy(dtype=np.int64)
 
     def decode_features(self, x: np.ndarray) -> pd.DataFrame:
         """Inverse of :meth:`encode_features`: encoded rows back to a table of raw values."""
@@ -316,14 +367,15 @@ class TableContract:
             if c.numeric:
                 out[:, j] = _numeric_view(s).to_numpy(dtype=np.float64)
             else:
-                lookup = {v: i for i, v in enumerate(c.categories or ())}
-                codes = s.astype(str).map(lookup)
+                codes = _positions(s, c.categories or ())
                 codes[s.isna()] = -1
                 out[:, j] = codes.fillna(-1).to_numpy(dtype=np.float64)
         return out
 
 
 def _decode(contract: TableContract, x: np.ndarray) -> pd.DataFrame:
+    import pandas as pd
+
     data: dict[str, Any] = {}
     for j, c in enumerate(contract.columns):
         col = np.asarray(x[:, j], dtype=np.float64)
@@ -372,23 +424,19 @@ def _violations(failure_cases: pd.DataFrame, n: int, target: str) -> list[Violat
         feature = "label" if column == target else str(column)
         if feature == "label":
             detail = f"column {target!r}: {detail}"
-        ids = rows.to_numpy(dtype=np.int64) if len(rows) else None
+        # no row index: the check failed on the column as a whole (e.g. it raised on a value)
+        whole = len(rows) < len(group)
+        ids = None if whole or not len(rows) else rows.to_numpy(dtype=np.int64)
         uniq = np.unique(ids) if ids is not None else None
         examples = tuple(
-            (int(i), _plain(v)) for i, v in zip(group["index"].head(MAX_EXAMPLES), group["failure_case"].head(MAX_EXAMPLES))
+            (int(i), plain_value(v))
+            for i, v in zip(group["index"].head(MAX_EXAMPLES), group["failure_case"].head(MAX_EXAMPLES))
+            if i is not None and not (isinstance(i, float) and np.isnan(i))
         )
         out.append(
             Violation(rule, feature, int(uniq.size) if uniq is not None else n, n, examples, detail, uniq)
         )
     return out
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and np.isnan(v):
-        return "NaN"
-    return v
 
 
 def infer_contract(
@@ -404,6 +452,8 @@ def infer_contract(
     Raises:
         ContractError: the target is missing, or a text column has too many distinct values.
     """
+    import pandas as pd
+
     if target not in df.columns:
         raise ContractError(f"--target {target!r} is not a column; columns: {list(map(str, df.columns))}")
     cols: dict[str, Any] = {}

@@ -1,14 +1,22 @@
-"""Read CSV/Parquet tables and pick their drift columns (pandas only: no torch, used by serving)."""
+"""Read CSV/Parquet tables and pick their drift columns (pandas only: no torch, used by serving).
+
+pandas is imported by the functions that read, not by this module: ``keel predict`` resolves the
+format with :func:`table_format` and reads most CSV files without pandas (``keel.serve.table``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from keel.data.table_contract import TableContract, _numeric_view
 from keel.errors import KeelError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from keel.data.table_contract import TableContract
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -17,15 +25,12 @@ class TableReadError(KeelError):
     """A table file cannot be read: missing, empty, not CSV/Parquet, or without the label column."""
 
 
-def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
-    """Read a CSV or Parquet file into a DataFrame whose index is the 0-based data row number.
-
-    Args:
-        path: the file.
-        fmt: ``auto`` (by suffix, also ``.csv.gz``), ``csv`` or ``parquet``.
+def table_format(path: str | Path, fmt: str = "auto") -> str:
+    """The format :func:`read_table` reads ``path`` as (``fmt``, or from the suffix for ``auto``),
+    after the checks that need no parsing.
 
     Raises:
-        TableReadError: naming the file and the fix, for a missing, empty or unreadable file.
+        TableReadError: naming the file and the fix, for a missing or empty file or an unknown suffix.
     """
     p = Path(path)
     if not p.is_file():
@@ -42,6 +47,23 @@ def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
             )
     if p.stat().st_size == 0:
         raise TableReadError(f"{p}: the file is empty. Fix: point data.path at a file with a header and rows")
+    return fmt
+
+
+def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame whose index is the 0-based data row number.
+
+    Args:
+        path: the file.
+        fmt: ``auto`` (by suffix, also ``.csv.gz``), ``csv`` or ``parquet``.
+
+    Raises:
+        TableReadError: naming the file and the fix, for a missing, empty or unreadable file.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    fmt = table_format(p, fmt)
     try:
         if fmt == "csv":
             sep = "\t" if p.suffix.lower() == ".tsv" else ","
@@ -70,6 +92,10 @@ def table_drift_columns(
     With a contract: its feature columns and dtypes. Without: every column not in
     ``exclude``, numeric pandas dtypes as numeric, the rest as categorical.
     """
+    import pandas as pd
+
+    from keel.data.table_contract import _numeric_view
+
     cols: dict[str, np.ndarray] = {}
     kinds: dict[str, str] = {}
     if contract is not None:

@@ -1,4 +1,5 @@
-"""Load, verify and run a keel bundle (ONNX Runtime + numpy; pandas/pandera for tables only)."""
+"""Load, verify and run a keel bundle (ONNX Runtime + numpy; pandas/pandera only for the table
+files that ``keel.serve.table`` leaves to them, and for ``verify_bundle``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from keel.data.contract import ContractViolationError, contract_from_dict
+from keel.errors import KeelError
 from keel.export.bundle import BundleError, check_files, read_manifest, safe_member
 from keel.export.runtime import run, session
+from keel.serve.table import CsvTable, check_table, encode_table, read_csv
 
 
 @dataclass
@@ -36,14 +39,46 @@ class Bundle:
             self._session = session(safe_member(self.root, name))
         return self._session
 
+    def read(self, path: str | Path, fmt: str = "auto") -> Any:
+        """The rows in ``path`` to predict on: an array from a ``.npy`` file (tensor bundles);
+        for table bundles a CSV or Parquet file (``fmt``: auto, csv, parquet) as a
+        :class:`~keel.serve.table.CsvTable` when ``keel.serve.table.read_csv`` takes the file,
+        else as a DataFrame (``read_table``).
+
+        Raises:
+            KeelError: naming the file and the fix (the wrong kind of file for this bundle, or
+                unreadable).
+        """
+        p = Path(path)
+        if p.suffix == ".npy":
+            if self.is_table:
+                raise KeelError(f"{p}: this bundle serves a table; give a CSV or Parquet file")
+            try:
+                return np.load(p, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise KeelError(f"{p}: not a readable .npy array ({e})") from None
+        if not self.is_table:
+            raise KeelError(f"{p}: this bundle serves tensors; give a .npy array of shape (N, *shape)")
+        from keel.data.table_io import read_table, table_format
+
+        fmt = table_format(p, fmt)
+        table = read_csv(p, self.contract) if fmt == "csv" else None
+        return table if table is not None else read_table(p, fmt)
+
     def encode(self, data: Any, source: str) -> np.ndarray:
         """Check ``data`` against the bundle's contract, then encode it as the model's input.
 
-        ``data``: a DataFrame (tables) or an array ``(N, *shape)`` (tensors).
+        ``data``: what :meth:`read` returns: a CsvTable or DataFrame (tables), an array
+        ``(N, *shape)`` (tensors).
 
         Raises:
             ContractViolationError: listing every violation (nothing is predicted).
         """
+        if isinstance(data, CsvTable):
+            report = check_table(self.contract, data, source)
+            if not report.ok:
+                raise ContractViolationError([report], source)
+            return encode_table(self.contract, data)
         if self.is_table:
             report = self.contract.check(data, source, with_target=False) if len(data) else None
             if report is not None and not report.ok:
@@ -51,7 +86,10 @@ class Bundle:
             if report is None:
                 raise BundleError(f"{source}: no rows to predict")
             return self.contract.encode_features(data)
-        x = np.asarray(data)
+        try:
+            x = np.asarray(data)
+        except (ValueError, TypeError):  # ragged nested sequences: the contract check names the problem
+            raise ContractViolationError([self.contract.check(data, None, source)], source) from None
         if x.ndim == len(self.contract.shape):  # a single sample
             x = x[None]
         report = self.contract.check(x, None, source)

@@ -32,6 +32,8 @@ bench: setup
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_drift.py
 	$(PY) bench/bench_inference.py
+	$(PY) bench/bench_startup.py
+	$(PY) bench/bench_e2e.py
 
 clean:
 	rm -rf outputs .pytest_cache

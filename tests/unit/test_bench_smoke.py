@@ -133,13 +133,11 @@ def test_bench_inference_quick() -> None:
         assert base < best <= median and (m[3] == "met") == (median < 0.5)
     child = re.search(r"^\s+= child process wall\s+([\d.]+)\s+100%\s+([\d.]+)\s+100%$", out, re.M)
     assert child, out
-    m = re.search(r"^\s+import pandera\s+-\s+([\d.]+)\s+\d+%$", out, re.M)  # tables only
-    assert m and 0 < float(m[1]) < float(child[2]), out
-    # the tensor path never imports pandas; the table path does (CSV + pandera contract)
+    # neither path imports pandas or pandera: a plain CSV is read and checked by keel.serve.table
     tensor = re.search(r"-X importtime of the real command, digits/mlp \(tensor\): (.*)$", out, re.M)
     table = re.search(r"-X importtime of the real command, breast_cancer/mlp \(table\): (.*)$", out, re.M)
     assert tensor and table, out
     assert "numpy" in tensor[1] and "onnxruntime" in tensor[1] and "pandas" not in tensor[1]
-    assert "pandas" in table[1] and "pandera" in table[1]
+    assert "onnxruntime" in table[1] and "pandas" not in table[1] and "pandera" not in table[1]
     assert re.search(r"keel predict cold start \(median\): digits/mlp \(tensor\) [\d.]+ s, breast_cancer/mlp "
                      r"\(table\) [\d.]+ s", out)

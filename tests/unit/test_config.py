@@ -72,11 +72,11 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     overrides = [] if group in ("paths", "hydra") else [f"{group}={option}"]
     overrides += _data_files(group, option, tmp_path)
     cfg = compose_cfg(*overrides)
-    if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
+    if group == "trainer" and option in ("gpu", "fsdp") and not torch.cuda.is_available():
         validate_config(cfg)
         with pytest.raises(ConfigError, match="trainer.accelerator=gpu: no CUDA GPU is visible"):
             check_machine(cfg)
-        return
+        return  # fsdp: its strategy is instantiated by test_fsdp_strategy_config below
     validate_config(cfg)
     check_machine(cfg)
 
@@ -116,6 +116,34 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     assert trainer.max_epochs == cfg.trainer.max_epochs
     if group == "debug":
         assert trainer.limit_train_batches == cfg.trainer.limit_train_batches
+
+
+def test_fsdp_strategy_config(compose_cfg):
+    """trainer=fsdp builds Lightning's FSDPStrategy: one-file checkpoints (what resume and export read)
+    and a size-based wrap policy that makes every large submodule its own shard unit."""
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import ShardingStrategy
+
+    cfg = compose_cfg("trainer=fsdp")
+    validate_config(cfg)
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert strategy._state_dict_type == "full" and not strategy.cpu_offload.offload_params
+    wrap = strategy.kwargs["auto_wrap_policy"]
+    assert wrap(torch.nn.Linear(1000, 1000), recurse=False, nonwrapped_numel=1_001_000)
+    assert not wrap(torch.nn.Linear(10, 10), recurse=False, nonwrapped_numel=110)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where no CUDA GPU is visible")
+@pytest.mark.parametrize("overrides", [["trainer=fsdp", "trainer.accelerator=cpu"],
+                                       ["trainer.strategy=fsdp", "trainer.devices=2"]])
+def test_fsdp_is_refused_without_cuda(compose_cfg, overrides):
+    """torch's FSDP needs CUDA (Lightning and torch both refuse CPU): one message naming the fix."""
+    cfg = compose_cfg(*overrides)
+    validate_config(cfg)
+    with pytest.raises(ConfigError, match=r"trainer.strategy=FSDP on trainer.accelerator=(cpu|auto): .*"
+                                          r"does not run on CPU.*Fix: run trainer=fsdp where CUDA GPUs are visible"):
+        check_machine(cfg)
 
 
 def test_hydra_run_dirs_are_unique_per_process(compose_cfg):

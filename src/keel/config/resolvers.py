@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from keel.distributed import is_rank_zero, rank_zero_value
+
 # One id per process: every directory this process names with it is its own, and two
 # processes started in the same second never share a run directory.
 _PROCESS_UID = f"{secrets.token_hex(3)}"
@@ -17,6 +19,12 @@ _PROCESS_UID = f"{secrets.token_hex(3)}"
 
 def _uid() -> str:
     return _PROCESS_UID
+
+
+def _rank_zero_only(value: Any, other: Any = None) -> Any:
+    """``value`` in global rank 0 (or a lone process), ``other`` in the other ranks of a
+    distributed job: e.g. only rank 0 writes Hydra's ``.hydra/`` record into the shared run directory."""
+    return value if is_rank_zero() else other
 
 
 def table_input_width(columns: Any) -> int:
@@ -45,11 +53,15 @@ def _num_classes(contract: DictConfig | None) -> int | None:
 
 
 def register_resolvers() -> None:
-    """Register ``${len:..}``, ``${keel.uid:}``, ``${keel.net_input:..}``, ``${keel.num_classes:..}``;
-    safe to call more than once."""
+    """Register ``${len:..}``, ``${keel.uid:}``, ``${keel.net_input:..}``, ``${keel.num_classes:..}``,
+    ``${keel.rank_zero_value:NAME,VALUE}`` (rank 0's VALUE on every torchrun rank, see
+    keel.distributed.rank_zero_value) and ``${keel.rank_zero_only:VALUE[,OTHER]}``; safe to call
+    more than once."""
     resolvers = {
         "len": lambda seq: len(seq),
         "keel.uid": _uid,
+        "keel.rank_zero_value": rank_zero_value,
+        "keel.rank_zero_only": _rank_zero_only,
         "keel.net_input": _net_input,
         "keel.num_classes": _num_classes,
     }

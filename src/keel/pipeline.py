@@ -101,8 +101,44 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _is_launcher() -> bool:
-    """True in the process the user started (rank 0), False in DDP children and other ranks."""
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+    """True in the process that owns the run's record (global rank 0, or a lone process); False in
+    Lightning's DDP children and in the other ranks of a torchrun or srun job (keel.distributed)."""
+    from keel.distributed import is_rank_zero
+
+    return is_rank_zero()
+
+
+_RUN_LOCKS: dict[str, Any] = {}
+
+
+def _lock_run_dir(output_dir: Path) -> None:
+    """Hold an exclusive lock on ``<run dir>/.keel.lock`` for this run (``flock``: the kernel
+    drops it when the process ends, even on SIGKILL, so it never goes stale). Two commands
+    started at the same moment on the same run directory cannot both pass the checks below."""
+    import fcntl
+
+    from keel.run_manifest import RunStateError
+
+    key = str(output_dir.resolve())
+    if key in _RUN_LOCKS:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    f = open(output_dir / ".keel.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise RunStateError(
+            f"{output_dir} is in use: another process holds its lock ({output_dir / '.keel.lock'}). "
+            "Fix: wait for it, stop it, or choose another run_dir"
+        ) from None
+    _RUN_LOCKS[key] = f
+
+
+def _unlock_run_dir(output_dir: Path) -> None:
+    f = _RUN_LOCKS.pop(str(output_dir.resolve()), None)
+    if f is not None:
+        f.close()
 
 
 def _check_run_dir(output_dir: Path, auto: bool, ckpt_path: str | None) -> None:
@@ -147,8 +183,9 @@ def _restore_hydra_record(record: dict[str, Any] | None) -> None:
         OmegaConf.save(OmegaConf.create(record["config"]), subdir / "config.yaml")
 
 
-def _finished_result(cfg: DictConfig, output_dir: Path) -> tuple[bool, float | None]:
-    """(True, objective) when ``output_dir`` holds a finished run of this same config."""
+def _finished_result(cfg: DictConfig, output_dir: Path, announce: bool = True) -> tuple[bool, float | None]:
+    """(True, objective) when ``output_dir`` holds a finished run of this same config; ``announce``
+    prints its summary (rank 0 only)."""
     from keel.run_manifest import RESUME_KEYS, config_differences, run_status
 
     status, record = run_status(output_dir)
@@ -164,6 +201,8 @@ def _finished_result(cfg: DictConfig, output_dir: Path) -> tuple[bool, float | N
             return False, None
     metrics = record.get("metrics") or {}
     objective = metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None
+    if not announce:
+        return True, objective
     lines = ["", "keel: run already finished (ckpt_path=auto): nothing to train", f"  run directory : {output_dir}",
              f"  record        : {output_dir / 'run.json'}", f"  metrics file  : {output_dir / 'metrics.json'}"]
     test = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/")}
@@ -216,12 +255,22 @@ def train(cfg: DictConfig) -> float | None:
     validate_config(cfg)
     launcher = _is_launcher()
     if launcher:
-        _check_run_dir(output_dir, auto, cfg.ckpt_path)
+        _lock_run_dir(output_dir)
+        try:
+            _check_run_dir(output_dir, auto, cfg.ckpt_path)
+        except BaseException:
+            _unlock_run_dir(output_dir)
+            raise
+    else:
+        from keel.distributed import leave_run_log_to_rank_zero
+
+        leave_run_log_to_rank_zero(output_dir)
     if auto:
-        if launcher:
-            done, objective = _finished_result(cfg, output_dir)
-            if done:
-                return objective
+        # every rank decides alike: a rank that trained alone would wait for the others forever
+        done, objective = _finished_result(cfg, output_dir, announce=launcher)
+        if done:
+            _unlock_run_dir(output_dir)
+            return objective
         cfg.ckpt_path = _auto_resume(output_dir)
 
     from keel.config.machine import check_machine
@@ -235,8 +284,11 @@ def train(cfg: DictConfig) -> float | None:
         manifest = RunManifest(output_dir)
         manifest.start(config=OmegaConf.to_container(cfg, resolve=True), overrides=_task_overrides(), seed=cfg.seed,
                        resumed_from=cfg.ckpt_path)
+    from keel.callbacks.preemption import StopSignals
+
     try:
-        return _fit_and_record(cfg, output_dir, started, manifest)
+        with StopSignals() as signals:  # SIGTERM / SIGUSR1: checkpoint, record "interrupted", exit 128+N
+            return _fit_and_record(cfg, output_dir, started, manifest, signals)
     except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl+C and SIGTERM into SystemExit
         if manifest is not None:
             manifest.end("interrupted", wall_time_s=time.time() - started, error=e, message=_interruption(e))
@@ -245,12 +297,49 @@ def train(cfg: DictConfig) -> float | None:
             raise SystemExit(128 + signal.SIGTERM) from e
         raise
     except BaseException as e:
+        explained = _explain_failure(e, output_dir)
         if manifest is not None:
-            manifest.end("failed", wall_time_s=time.time() - started, error=e)
+            manifest.end("failed", wall_time_s=time.time() - started, error=explained or e)
+        if explained is not None:
+            raise explained from e
         raise
+    finally:
+        _unlock_run_dir(output_dir)
+
+
+class WorkerDiedError(KeelError):
+    """A DataLoader worker process died (killed, out of memory, crashed in native code)."""
+
+
+def _explain_failure(e: BaseException, output_dir: Path) -> KeelError | None:
+    """A user-facing error for failures whose raw message does not say what to do."""
+    if isinstance(e, RuntimeError) and "DataLoader worker" in str(e):
+        ckpts = sorted((output_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+        newest = str(ckpts[-1]) if ckpts else "none (no checkpoint written yet)"
+        first = str(e).strip().splitlines()[0]
+        return WorkerDiedError(
+            f"a DataLoader worker process died: {first}. Newest checkpoint: {newest}. A killed worker usually ran "
+            "out of memory. Fix: lower data.num_workers (0 loads in the main process) or data.batch_size, then "
+            f"continue with {_resume_command(output_dir)}"
+        )
+    return None
+
+
+def _checkpoint_step(path: str) -> int:
+    from keel.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(path).get("global_step", -1))
+
+
+def _resume_command(output_dir: Path) -> str:
+    return f"`python train.py ckpt_path=auto run_dir={output_dir}`"
 
 
 def _interruption(e: BaseException) -> str:
+    from keel.callbacks.preemption import Interrupted
+
+    if isinstance(e, Interrupted):
+        return e.message
     if type(e).__name__ == "SIGTERMException":
         return "terminated by SIGTERM; continue it with ckpt_path=auto"
     if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code == 1):
@@ -314,7 +403,8 @@ def _trainer_plugins(cfg: DictConfig) -> list[Any]:
     return list(instantiate(plugins)) if isinstance(plugins, ListConfig) else [instantiate(plugins)]
 
 
-def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest: Any) -> float | None:
+def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest: Any,
+                    signals: Any = None) -> float | None:
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -322,7 +412,7 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
 
     from keel.callbacks import NanGuard, RngState
     from keel.checkpoint_io import AtomicCheckpointIO
-    from keel.distributed import hydra_ddp_relaunch
+    from keel.distributed import cpu_threads_per_process, hydra_ddp_relaunch, is_fsdp
     from keel.run_manifest import data_fingerprint, write_json_atomic
 
     _route_lightning_logs()
@@ -352,8 +442,12 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
         # the checkpoint's step (SummaryWriter purge_step), so redone steps show once. Step N
         # itself is kept: callbacks log the finished epoch's values there (an epoch-start LR
         # logged at N by both attempts shows twice, with the same value). The graph is there already.
-        if resume_step is not None and str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+        if not str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+            return {}
+        if resume_step is not None:
             return {"purge_step": resume_step + 1, "log_graph": False}
+        if is_fsdp(cfg.trainer.get("strategy")):  # torch.jit.trace (the Graphs tab) cannot trace FSDP units
+            return {"log_graph": False}
         return {}
 
     loggers = _instantiate_group(cfg.get("logger"), "logger", kwargs_for=logger_kwargs)
@@ -365,6 +459,11 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
     # so that a resumed run continues the uninterrupted one's random streams.
     callbacks += [NanGuard(), RngState()]
     ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    if signals is not None:
+        from keel.callbacks.preemption import Preemption
+
+        ckpt_dir = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else output_dir / "checkpoints"
+        callbacks.append(Preemption(signals, ckpt_dir / "last.ckpt", resume_hint=_resume_command(output_dir)))
     latest_cb = _latest_checkpoint_writer(ckpt_cb)
     if latest_cb is not None:
         callbacks.append(latest_cb)
@@ -388,8 +487,10 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
         **_overfit_adapter(cfg, datamodule),
     )
     if trainer.num_devices * trainer.num_nodes > 1 and trainer.strategy.root_device.type == "cpu":
-        # One process per device shares the cores: N processes x all cores threads thrash.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
+        # One process per device shares this node's cores: N processes x all cores threads thrash.
+        threads = cpu_threads_per_process(trainer.num_devices)
+        if threads is not None:
+            torch.set_num_threads(threads)
 
     if trainer.is_global_zero and resume_step is None:  # a continued run logged them when it started
         _log_data_reports(loggers, datamodule)
@@ -400,6 +501,12 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
                 # continuing this run in its own directory: its checkpoints are expected there
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        start_step = resume_step if resume_step is not None else _checkpoint_step(cfg.ckpt_path) if cfg.ckpt_path else None
+        if start_step is not None and trainer.global_step == start_step:
+            # resumed after its last epoch (stopped while testing or exporting): fit trained and
+            # logged nothing; validation gives back the val metrics (best-so-far is in the checkpoint)
+            log.info("training had finished before the interruption: validating the restored weights")
+            trainer.validate(model, datamodule=datamodule, verbose=False)
         fit_metrics = dict(trainer.callback_metrics)
         # read before testing: testing the best checkpoint restores the callbacks' state as saved then
         stopped_early = bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0))
@@ -515,7 +622,7 @@ def _log_hparams(cfg: DictConfig, loggers: list[Any], metrics: dict[str, float])
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(params, metrics=hp_metrics)
-            lg.save()
+            lg.finalize("success")  # flush and close: the process may end without interpreter teardown
 
 
 def _print_summary(output_dir: Path, loggers: list[Any], record: dict[str, Any]) -> None:
@@ -608,10 +715,12 @@ def _with_stored_overrides(cfg: DictConfig) -> DictConfig:
     started; overrides given now replace the run's values of the same keys (e.g. more epochs).
     The run's ``.hydra/`` record and the Hydra config that a DDP relaunch reads are updated to
     the composed overrides. Outside a Hydra app, or for a new directory, ``cfg`` is returned as is.
+    Every rank of a torchrun/srun job composes the same (each reads ``run.json``: the run directory
+    must be on a filesystem they share); only rank 0 rewrites the record.
     """
     from hydra.core.hydra_config import HydraConfig
 
-    if cfg.get("ckpt_path") != "auto" or not HydraConfig.initialized() or not _is_launcher():
+    if cfg.get("ckpt_path") != "auto" or not HydraConfig.initialized():
         return cfg
     from keel.run_manifest import merge_overrides, read_manifest
 
@@ -630,7 +739,7 @@ def _with_stored_overrides(cfg: DictConfig) -> DictConfig:
     new = compose(config_name=hc.job.config_name, overrides=merged)
     with read_write(hc), open_dict(hc):
         hc.overrides.task = merged
-    if hc.output_subdir:
+    if hc.output_subdir and _is_launcher():
         record = Path(hc.runtime.output_dir) / hc.output_subdir
         if record.is_dir():
             OmegaConf.save(new, record / "config.yaml")

@@ -68,8 +68,16 @@ def write_atomic(path: str | Path, write: Any, mode: str = "w") -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            from keel.errors import disk_full
+
+            kept = (f"The previous {path.name} is intact." if path.exists()
+                    else f"No {path.name} was written; the files beside it are untouched.")
+            full = disk_full(e, str(path), kept)
+            if full is not None:
+                raise full from e
         raise
     fsync_dir(path.parent)
 
@@ -341,7 +349,15 @@ class RunManifest:
             self.data["error"] = {"type": type(error).__name__, "message": message or str(error) or repr(error)}
         if self.data.get("attempts"):
             self.data["attempts"][-1].update(ended_at=ended, status=status)
-        self._write()
+        if error is None:
+            self._write()
+            return
+        from keel.errors import DiskFullError
+
+        try:
+            self._write()
+        except (OSError, DiskFullError) as e:  # e.g. the disk that failed the run is full: report the run's error, not this one
+            log.warning("could not record the run's end in %s: %s", self.path, e)
 
     def _write(self) -> None:
         write_json_atomic(self.path, self.data)
@@ -360,6 +376,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     from keel.checkpoint import CheckpointError, load_checkpoint
 
+    _remove_stale_temp_files(ckpt_dir)
     candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
     for path in candidates:
         try:
@@ -369,6 +386,16 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
             continue
         return path
     return None
+
+
+def _remove_stale_temp_files(directory: Path) -> None:
+    """Delete ``.<name>.<pid>.tmp`` files that :func:`write_atomic` left when its process was
+    killed mid-write (never read as checkpoints; each can be as large as one)."""
+    for tmp in directory.glob(".*.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            log.info("removing %s: the temporary file of an interrupted checkpoint write", tmp)
+            tmp.unlink(missing_ok=True)
 
 
 def override_key(override: str) -> str:

@@ -110,7 +110,11 @@ def test_sigterm_records_an_interrupted_run_and_exits_non_zero(tmp_path):
     assert status == 128 + signal.SIGTERM
     record = _json(run / "run.json")
     assert record["status"] == "interrupted" and record["ended_at"]
-    assert record["error"]["message"] == "terminated by SIGTERM; continue it with ckpt_path=auto"
+    last = run / "checkpoints" / "last.ckpt"
+    assert re.fullmatch(rf"stopped by SIGTERM at epoch 1, batch \d+ \(global step \d+\); checkpoint saved: {last}; "
+                        rf"continue it with `python train.py ckpt_path=auto run_dir={run}`", record["error"]["message"])
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 1 and 0 < saved["keel_preempted"]["batches_done"] < 20
 
 
 def test_auto_resume_skips_a_torn_checkpoint_and_continues_the_same_tensorboard_run(compose_cfg, caplog):

@@ -50,3 +50,25 @@ def test_loaders_serve_whole_batches_by_index(compose_cfg):
     assert [len(b[0]) for b in batches] == [100, 100, dm.split_sizes()["val"] - 200]
     seen = np.concatenate([b[1].numpy() for b in batches])
     assert sorted(seen.tolist()) == sorted(dm._data["val"].tensors[1].tolist())
+
+
+def test_on_device_keeps_splits_on_the_run_device_and_refuses_workers(compose_cfg):
+    from types import SimpleNamespace
+
+    import torch
+
+    from keel.errors import KeelError
+
+    with pytest.raises(Exception) as info:  # Hydra's instantiate wraps it; entry points print the KeelError
+        instantiate(compose_cfg("data.on_device=true", "data.num_workers=2").data)
+    assert isinstance(info.value.__cause__, KeelError)
+    assert "data.on_device=true with data.num_workers=2" in str(info.value.__cause__)
+    dm = instantiate(compose_cfg("data.on_device=true").data)
+    dm.setup()
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), global_rank=0,
+                                 world_size=1)
+    x, y = dm.train_dataloader().dataset.tensors
+    assert x.device.type == "meta" and y.device.type == "meta" and dm._data["train"].tensors[0].device.type == "cpu"
+    dm.trainer.strategy.root_device = torch.device("cpu")
+    dm._device_data.clear()
+    assert dm.val_dataloader().dataset is dm._data["val"]  # on CPU the data stays where it is

@@ -83,8 +83,8 @@ class RngState(L.Callback):
 
     The state is taken when the checkpoint is written (``state_dict``, called by Lightning while
     it assembles the checkpoint: with keel's epoch-end checkpoints, after everything the epoch
-    drew). It is put back at the start of the first resumed epoch (``on_train_epoch_start``),
-    not at load time: between loading and that point Lightning still builds the train
+    drew). It is put back at the start of the first resumed epoch (``on_train_epoch_start``;
+    for a checkpoint written inside an epoch, at ``on_train_start``), not at load time: between loading and that point Lightning still builds the train
     iterator, runs the model summary and the logger's graph trace, which may draw numbers
     (the sanity check runs under its own isolated RNG). The epoch's train iterator is then
     created again from the restored state, as the uninterrupted run creates it at that point.
@@ -100,6 +100,15 @@ class RngState(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resumed inside an epoch: Lightning calls no on_train_epoch_start for the rest of that
+        # epoch, and its iterator (made during setup, like the uninterrupted run's at the
+        # epoch's start) already drew its seed. The next draws are the next batch's.
+        if self._pending is not None and getattr(trainer.fit_loop, "restarted_mid_epoch", False):
+            restore_rng_state(self._pending)
+            self._pending = None
+            log.info("resumed inside an epoch: python/numpy/torch random generator states restored")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is None:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader
 
 
 class IndexBatchSampler:
@@ -44,6 +45,17 @@ class IndexBatchSampler:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size, self.pad, self.drop_last = rank, world_size, pad, drop_last
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches of ``epoch`` once (a run resumed mid-epoch).
+
+        The epoch's permutation depends only on ``seed + epoch``, so the batches that follow
+        are exactly those the interrupted run would have drawn next. Later epochs are whole.
+        """
+        if batches_done < 0:
+            raise ValueError(f"batches_done={batches_done}: expected >= 0")
+        self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of each epoch: a new shuffle per epoch."""
@@ -71,5 +83,55 @@ class IndexBatchSampler:
                 perm = perm.repeat(math.ceil(total / self.n))[:total]  # wraps even when n < world_size
             perm = perm[self.rank :: self.world_size]
         stop = len(self) * self.batch_size if self.drop_last else perm.numel()
-        for start in range(0, stop, self.batch_size):
+        first = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            first = self._resume[1] * self.batch_size
+            self._resume = None
+        for start in range(first, stop, self.batch_size):
             yield perm[start : start + self.batch_size]
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an :class:`IndexBatchSampler` that can continue an epoch where it stopped.
+
+    Lightning stores ``state_dict()`` in every checkpoint (``loops.fit_loop.combined_loader``)
+    and hands it back through ``load_state_dict`` when training resumes. The state is the
+    epoch and how many batches of it this loader has handed out; a checkpoint written inside
+    an epoch (SIGTERM/SIGUSR1, ``every_n_train_steps``) resumes with the batches that follow,
+    a checkpoint written at an epoch's end with the next epoch. Lightning's fetcher does not
+    read ahead on a loader with a length, so "handed out" is "trained on".
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.served = 0
+
+    def __iter__(self) -> _Counting:
+        self.served = 0
+        return _Counting(self, super().__iter__())  # made now, as DataLoader does (it draws a base seed)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.served)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        done = int(state.get("batches_done", 0))
+        if 0 < done < len(self.sampler):
+            self.sampler.resume_at(int(state["epoch"]), done)
+
+
+class _Counting:
+    """Iterator that counts the batches its loader has handed out."""
+
+    def __init__(self, loader: ResumableLoader, it: Iterator) -> None:
+        self._loader, self._it = loader, it
+
+    def __iter__(self) -> _Counting:
+        return self
+
+    def __next__(self) -> object:
+        batch = next(self._it)
+        self._loader.served += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._it)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from keel.data.batches import IndexBatchSampler
+from keel.data.batches import IndexBatchSampler, ResumableLoader
 from keel.data.drift import tensor_drift_columns
 from keel.data.contract import (
     ContractReport,
@@ -47,6 +48,9 @@ class InMemoryDataModule(L.LightningDataModule):
         split_seed: seed of the split (independent of the run seed).
         seed: seed of the per-epoch shuffle (the run seed).
         num_workers, pin_memory: DataLoader settings.
+        on_device: keep the splits on the accelerator (CUDA/MPS) the run trains on, so a batch
+            is one gather in device memory and nothing is copied per step. For data that fits
+            in device memory; needs ``num_workers=0``. No effect on CPU.
         on_violation: ``raise``: stop before training, listing every violation; ``drop``:
             remove the failing rows, log how many and why (the report is kept in
             :attr:`dropped` and written to the run directory).
@@ -68,6 +72,7 @@ class InMemoryDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
+        on_device: bool = False,
         on_violation: str = "raise",
         class_weights: Any = None,
         drift: Mapping[str, Any] | None = None,
@@ -80,6 +85,11 @@ class InMemoryDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.seed = split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        if on_device and num_workers:
+            raise KeelError(f"data.on_device=true with data.num_workers={num_workers}: device-resident data is "
+                            "gathered in the main process. Fix: data.num_workers=0 (or data.on_device=false)")
+        self.on_device = on_device
+        self._device_data: dict[str, TensorDataset] = {}
         self.on_violation = on_violation
         self.class_weights = class_weights
         drift = dict(drift or {})
@@ -310,10 +320,26 @@ class InMemoryDataModule(L.LightningDataModule):
             len(self._data[split]), self.batch_size, shuffle=train, seed=self.seed,
             rank=rank, world_size=world, pad=train,
         )
-        return DataLoader(
-            self._data[split], sampler=sampler, batch_size=None, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+        if world > 1:  # every process says what it reads (torchrun/srun show each rank's console)
+            n = len(self._data[split])
+            rows = math.ceil(n / world) if train else len(range(rank, n, world))
+            log.info("rank %d of %d: %s shard of %d rows of %d in %d batches (rows %d::%d of each epoch's order%s)",
+                     rank, world, split, rows, n, len(sampler), rank, world, ", padded to equal length" if train else "")
+        # training resumes inside an epoch where it stopped (the loader's state is in each checkpoint)
+        loader_cls = ResumableLoader if train else DataLoader
+        return loader_cls(
+            self._split_data(split), sampler=sampler, batch_size=None, num_workers=self.num_workers,
+            pin_memory=self.pin_memory and not self._device_data, persistent_workers=self.num_workers > 0,
         )
+
+    def _split_data(self, split: str) -> TensorDataset:
+        """The split's tensors; with ``on_device``, a copy on the run's accelerator (made once)."""
+        device = self.trainer.strategy.root_device if self.on_device and self.trainer is not None else None
+        if device is None or device.type == "cpu":
+            return self._data[split]
+        if split not in self._device_data:
+            self._device_data[split] = TensorDataset(*(t.to(device) for t in self._data[split].tensors))
+        return self._device_data[split]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -116,14 +116,21 @@ def staged(final: Path, copy_existing: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     uid = secrets.token_hex(4)
     tmp = final.parent / f".{final.name}.tmp-{uid}"
-    if copy_existing and final.is_dir():
-        shutil.copytree(final, tmp)
-    else:
-        tmp.mkdir()
     try:
+        if copy_existing and final.is_dir():
+            shutil.copytree(final, tmp)
+        else:
+            tmp.mkdir()
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            from keel.errors import disk_full
+
+            kept = f"The previous bundle {final} is intact." if final.exists() else f"No bundle was written at {final}."
+            full = disk_full(e, str(tmp), kept)
+            if full is not None:
+                raise full from e
         raise
     old = final.parent / f".{final.name}.old-{uid}"
     if final.exists():

@@ -64,6 +64,8 @@ def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset:
             external_data=False,  # one self-contained file (models here are far below 2 GB)
             verbose=False,
         )
+    except OSError:
+        raise  # a full disk or an unwritable directory: reported by the bundle writer, not as an export bug
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; report one clear error
         raise ExportError(f"torch.onnx.export (dynamo) failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     try:

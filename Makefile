@@ -34,6 +34,8 @@ bench: setup
 	$(PY) bench/bench_inference.py
 	$(PY) bench/bench_startup.py
 	$(PY) bench/bench_e2e.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_scaling.py
 
 clean:
 	rm -rf outputs .pytest_cache

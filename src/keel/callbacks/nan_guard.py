@@ -90,7 +90,15 @@ class NanGuard(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if not self.check_grads or getattr(trainer.precision_plugin, "scaler", None) is not None:
             return
-        bad = nonfinite_grads(pl_module.named_parameters())
+        # Fast path, every step: one fused norm over the gradients the optimizer is about to apply
+        # (a NaN or Inf anywhere makes it non-finite) and one host sync. Walking
+        # named_parameters() here would visit every submodule, metrics included, at each step.
+        params = ([p for group in optimizer.param_groups for p in group["params"]] if optimizer is not None
+                  else pl_module.parameters())
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            return
+        bad = nonfinite_grads(pl_module.named_parameters())  # which ones (a finite overflow of the norm: none)
         if bad:
             more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
             self._raise(trainer, "gradient", f"NaN/Inf in the gradient of {', '.join(bad[:3])}{more}")

@@ -1,0 +1,557 @@
+"""Training throughput: keel's loop vs a hand-written PyTorch loop, DataLoader settings, torch.compile.
+
+Usage: ``python bench/bench_train.py [--epochs N] [--rows R] [--rounds K] [--threads T]
+[--accelerator cpu|gpu] [--parts loop,loader,compile] [--quick]``.
+
+Everything happens in one process, in a temporary directory that is deleted at the end. Configs
+are composed from ``conf/`` as ``train.py`` composes them, and keel's side is built from the
+objects ``keel.pipeline`` builds: the DataModule (``instantiate(cfg.data)``), the LightningModule
+(``keel.pipeline.build_model``) and a ``Trainer`` from ``cfg.trainer`` with the callbacks of
+``callbacks=training`` (progress bar, throughput, TensorBoard views) plus the two that the
+pipeline adds to every run (NaN guard, RNG state), ``logger=none``. Left out, because they are
+not per-step work and need validation: the checkpoint, early-stopping and LR-monitor callbacks
+and the validation loop itself (``limit_val_batches=0``). An epoch is timed from one
+``on_train_epoch_start`` to the next (or to ``on_train_end``): every step, the epoch-end metric
+computation, the scheduler and the loader's start. Samples/s are training rows per second.
+
+1. keel vs hand: ``model=mlp`` and ``model=cnn`` on the embedded digits (``data=digits``) and
+   ``model=mlp`` on a synthetic table of R rows (``data=csv``, a Parquet file written to the
+   temporary directory). The hand-written loop is the one the PyTorch tutorials teach: a
+   ``DataLoader`` over a ``TensorDataset`` of the same train split (``shuffle=True``, per-row
+   ``__getitem__`` + collate), the same architecture (the net and its input preprocessing,
+   freshly initialised), ``torch.optim.Adam`` with the config's learning rate, cross-entropy,
+   the same batch size, in the same process (same thread count). The two alternate epoch by
+   epoch: a callback runs one hand epoch just before each keel epoch, so load on the shared
+   machine hits both alike. After one warm-up epoch each, the median over N epochs (N/4 for the
+   table, whose epochs are ~50x longer). ``+us/step`` is what keel adds to each step (epoch-end
+   work spread over the steps): the difference of the two median epochs, per step.
+2. DataLoader settings on digits (``model=mlp``): keel's default train loader (whole-batch tensor
+   indexing, no workers) against ``data.num_workers=2`` (persistent workers, as keel sets
+   them), 2 workers that are not persistent (a new pair each epoch), the per-row
+   ``__getitem__`` + collate loader (no workers, and 2 persistent workers) and, with an
+   accelerator, ``data.pin_memory=true``. One fit trains through the settings in turn, one
+   epoch each, so neighbouring epochs see the same load; after each setting's warm-up epoch,
+   the median of N epochs. ``loader only`` iterates each train loader alone, in turn likewise.
+3. ``model.compile=true`` vs eager (digits, mlp and cnn): K rounds of fits alternating eager and
+   compiled (N/K epochs each after a warm-up epoch), the same two modules throughout (a compiled
+   module stays compiled between fits). Compile time is the compiled model's first epoch minus
+   its median epoch, from empty Inductor/Triton caches (a first run); it includes the
+   recompilation for the last, smaller batch of the epoch.
+
+Both loops use ``--threads`` torch threads (default: torch's, one per core). On a machine shared
+with other work, 2 threads on 2 busy cores can stall for whole scheduler slices at every
+parallel region: compare ratios, and use ``--threads 1`` when the machine is busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# (name, dataset, model) of part [1]; "table" is the synthetic file
+CASES = (("digits/mlp", "digits", "mlp"), ("digits/cnn", "digits", "cnn"), ("table/mlp", "table", "mlp"))
+TABLE_NUMERIC, TABLE_CATEGORIES, TABLE_CLASSES = 16, ("a", "b", "c", "d", "e"), 4
+QUICK = {"epochs": 2, "rows": 3_000, "parts": ("loop", "loader")}
+TABLE_EPOCH_DIVISOR = 4  # part [1] times --epochs / 4 epochs of the table
+TARGET = 1.0  # the issue's aim for keel/hand
+COMPILE_MODELS = ("mlp", "cnn")
+# trainer.accelerator of every config (--accelerator); "auto" would put keel on a GPU and the hand loop not
+ACCELERATOR = ["cpu"]
+
+
+def machine() -> str:
+    import lightning
+    import torch
+    import torchmetrics
+
+    gpu = f" | gpu {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cpus{gpu} | "
+        f"python {platform.python_version()} | torch {torch.__version__} | lightning {lightning.__version__} | "
+        f"torchmetrics {torchmetrics.__version__} | numpy {np.__version__} | torch threads {torch.get_num_threads()} "
+        f"(interop {torch.get_num_interop_threads()}) | both loops train on: {ACCELERATOR[0]}"
+    )
+
+
+# --------------------------------------------------------------------------- configs, data
+
+
+def write_table(path: Path, rows: int, seed: int = 0) -> Path:
+    """A synthetic classification table: ``TABLE_NUMERIC`` float columns, two category
+    columns and a 4-class ``label`` that depends on both (so the model has something to learn)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, TABLE_NUMERIC))
+    cats = rng.integers(0, len(TABLE_CATEGORIES), size=(rows, 2))
+    # the label: a linear score of 4 numeric columns, shifted by the first category column
+    shift = np.eye(TABLE_CLASSES, len(TABLE_CATEGORIES))[:, cats[:, 0]].T
+    score = x[:, :4] @ rng.normal(size=(4, TABLE_CLASSES)) + shift
+    df = pd.DataFrame(x, columns=[f"x{i}" for i in range(TABLE_NUMERIC)])
+    for j in range(2):
+        df[f"c{j}"] = np.asarray(TABLE_CATEGORIES)[cats[:, j]]
+    df["label"] = score.argmax(axis=1)
+    df.to_parquet(path, index=False)
+    return path
+
+
+def compose(dataset: str, model: str, root: Path, table: Path | None, extra: Sequence[str] = ()) -> Any:
+    """The training config as ``python train.py data=... model=... logger=none callbacks=training``
+    composes it, minus the checkpoint, early-stopping and LR-monitor callbacks (they act on
+    validation, which the bench does not run), on one device of ``ACCELERATOR``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from keel.config import register_resolvers
+
+    register_resolvers()
+    data = ["data=csv", f"data.path={table}", "data.target=label"] if dataset == "table" else [f"data={dataset}"]
+    overrides = [
+        *data,
+        f"model={model}",
+        "logger=none",
+        "callbacks=training",
+        "~callbacks.model_checkpoint",
+        "~callbacks.early_stopping",
+        "~callbacks.lr_monitor",
+        f"paths.output_dir={root / 'run'}",  # otherwise ${hydra:runtime.output_dir}: a Hydra app only
+        f"paths.log_dir={root}",
+        f"trainer.accelerator={ACCELERATOR[0]}",
+        "trainer.devices=1",
+        *extra,
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def datamodule(cfg: Any) -> Any:
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    return dm
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a clock reading covers it (a no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def epoch_clock(before_epoch: Callable[[], float] | None = None) -> Any:
+    """A callback that records each training epoch's wall time (``seconds``), from one
+    ``on_train_epoch_start`` to the next or to ``on_train_end``; with ``before_epoch``, it first
+    runs that (another loop's epoch, outside the clock) and records what it returns in ``other``."""
+    import lightning as L
+
+    class EpochClock(L.Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.other: list[float] = []
+            self._start: float | None = None
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            sync()
+            now = time.perf_counter()
+            if self._start is not None:
+                self.seconds.append(now - self._start)
+            if before_epoch is not None:
+                self.other.append(before_epoch())
+            self._start = time.perf_counter()
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            sync()
+            if self._start is not None:
+                self.seconds.append(time.perf_counter() - self._start)
+            self._start = None
+
+    return EpochClock()
+
+
+def fit(cfg: Any, dm: Any, model: Any, epochs: int, clock: Any, **trainer_kwargs: Any) -> None:
+    """``trainer.fit`` for ``epochs`` epochs with the Trainer ``keel.pipeline`` builds (its
+    callbacks, NaN guard and RNG state, the atomic checkpoint IO), no validation, ``clock`` first
+    in the callback list (so its epoch start comes before the others')."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from keel.callbacks import NanGuard, RngState
+    from keel.checkpoint_io import AtomicCheckpointIO
+
+    callbacks = [instantiate(node) for node in cfg.callbacks.values()] + [NanGuard(), RngState()]
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[clock, *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
+        max_epochs=epochs,
+        min_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the progress bar: drawn (its cost counts), not shown
+        trainer.fit(model, datamodule=dm)
+
+
+def steady(seconds: list[float], warmup: int = 1) -> list[float]:
+    return seconds[warmup:]
+
+
+def rate(rows: int, seconds: list[float]) -> float:
+    return rows / statistics.median(seconds)
+
+
+# --------------------------------------------------------------------------- 1. keel vs hand
+
+
+class HandLoop:
+    """The training loop the PyTorch tutorials teach, on the same rows, architecture and batch size.
+
+    ``epoch()`` trains one epoch and returns its wall time.
+    """
+
+    def __init__(self, cfg: Any, dm: Any) -> None:
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from keel.pipeline import build_model
+
+        fresh = build_model(cfg, dm)  # the same net and preprocessing, new weights
+        self.device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+        self.model = nn.Sequential(fresh.preprocess, fresh.net).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg.optimizer.lr))
+        x, y = (torch.from_numpy(a) for a in dm.split_arrays("train"))
+        self.rows = len(y)
+        self.loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.data.batch_size), shuffle=True)
+
+    def epoch(self) -> float:
+        import torch.nn.functional as F
+
+        start = time.perf_counter()
+        self.model.train()
+        for x, y in self.loader:
+            x, y = x.to(self.device), y.to(self.device)
+            self.optimizer.zero_grad()
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+        sync()
+        return time.perf_counter() - start
+
+
+@dataclass
+class LoopResult:
+    name: str
+    rows: int
+    batch: int
+    steps: int
+    keel: list[float] = field(default_factory=list)  # seconds per steady epoch
+    hand: list[float] = field(default_factory=list)
+    setup_s: float = 0.0
+
+
+def case_epochs(dataset: str, epochs: int) -> int:
+    """Timed epochs of a part [1] case: the table's epochs are ~50x longer than digits'."""
+    return max(1, epochs // TABLE_EPOCH_DIVISOR) if dataset == "table" else epochs
+
+
+def bench_loop(root: Path, table: Path, epochs: int) -> list[LoopResult]:
+    from keel.pipeline import build_model
+
+    out = []
+    for name, dataset, model_name in CASES:
+        cfg = compose(dataset, model_name, root, table)
+        start = time.perf_counter()
+        dm = datamodule(cfg)
+        setup_s = time.perf_counter() - start
+        hand = HandLoop(cfg, dm)
+        clock = epoch_clock(hand.epoch)
+        fit(cfg, dm, build_model(cfg, dm), 1 + case_epochs(dataset, epochs), clock)
+        batch = int(cfg.data.batch_size)
+        res = LoopResult(name, hand.rows, batch, -(-hand.rows // batch), steady(clock.seconds), steady(clock.other),
+                         setup_s)
+        out.append(res)
+    return out
+
+
+def report_loop(results: list[LoopResult], epochs: int, rows: int) -> dict[str, float]:
+    print(f"\n[1] training throughput, samples/s: keel (Trainer + callbacks=training, logger=none) vs the hand-written "
+          f"loop (DataLoader over a TensorDataset, Adam, cross-entropy); median of {epochs} epochs (the table: "
+          f"{case_epochs('table', epochs)}) after 1 warm-up, the two alternating epoch by epoch")
+    print(f"  table/mlp: synthetic table of {rows:,} rows ({TABLE_NUMERIC} numeric + 2 category columns, "
+          f"{TABLE_CLASSES} classes), data=csv (Parquet); the train split is what both loops train on")
+    print(f"  {'case':<11} {'train rows':>10} {'batch':>5} {'steps':>5} {'keel':>9} {'hand':>9} {'keel/hand':>9} "
+          f"{'+us/step':>8} {'epoch ratios min-max':>21} {'setup s':>8}")
+    ratios: dict[str, float] = {}
+    for r in results:
+        keel, hand = rate(r.rows, r.keel), rate(r.rows, r.hand)
+        per_epoch = [h / k for k, h in zip(r.keel, r.hand)]
+        ratios[r.name] = keel / hand
+        extra_us = (statistics.median(r.keel) - statistics.median(r.hand)) / r.steps * 1e6
+        print(f"  {r.name:<11} {r.rows:>10,} {r.batch:>5} {r.steps:>5} {keel:>9,.0f} {hand:>9,.0f} {keel / hand:>9.2f} "
+              f"{extra_us:>+8.0f} {min(per_epoch):>10.2f} - {max(per_epoch):<8.2f} {r.setup_s:>8.2f}")
+    print("  keel and hand: training rows per second (median epoch); +us/step: keel's median epoch minus hand's, per "
+          "step; epoch ratios: hand epoch time / keel epoch time of each adjacent pair; setup s: DataModule.setup "
+          "(read, split, contract checks, drift), not in the figures")
+    return ratios
+
+
+# --------------------------------------------------------------------------- 2. DataLoader settings
+
+
+def train_tensors(dm: Any) -> Any:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    x, y = (torch.from_numpy(a) for a in dm.split_arrays("train"))
+    return TensorDataset(x, y)
+
+
+def index_loader(dm: Any, workers: int, persistent: bool) -> Any:
+    """keel's kind of train loader (whole-batch index sampler) with other worker settings."""
+    from torch.utils.data import DataLoader
+
+    from keel.data import IndexBatchSampler
+
+    data = train_tensors(dm)
+    sampler = IndexBatchSampler(len(data), dm.batch_size, shuffle=True, seed=dm.seed, pad=True)
+    return DataLoader(data, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=persistent)
+
+
+def per_row_loader(dm: Any, workers: int) -> Any:
+    """The tutorial loader: per-row ``__getitem__`` + default collate."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(train_tensors(dm), batch_size=dm.batch_size, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0)
+
+
+def own_loader(root: Path, *overrides: str) -> Callable[[Any], Any]:
+    """The train loader of a DataModule composed with ``overrides``: keel's own code path."""
+    def make(_dm: Any) -> Any:
+        return datamodule(compose("digits", "mlp", root, None, overrides)).train_dataloader()
+
+    return make
+
+
+def loader_settings(root: Path) -> list[tuple[str, Callable[[Any], Any]]]:
+    """(label, dm -> train loader); the first is keel's default, the baseline of the ratios."""
+    import torch
+
+    settings = [
+        ("keel default: index batches, 0 workers", lambda dm: dm.train_dataloader()),
+        ("index batches, 2 workers (persistent)", own_loader(root, "data.num_workers=2")),
+        ("index batches, 2 workers, not persistent", lambda dm: index_loader(dm, 2, False)),
+        ("per-row getitem + collate, 0 workers", lambda dm: per_row_loader(dm, 0)),
+        ("per-row getitem + collate, 2 workers", lambda dm: per_row_loader(dm, 2)),
+    ]
+    if torch.cuda.is_available():  # pinned memory speeds host-to-device copies; without an accelerator torch warns
+        settings.insert(1, ("index batches, pin_memory=true", own_loader(root, "data.pin_memory=true")))
+    return settings
+
+
+def bench_loader(root: Path, epochs: int) -> tuple[list[tuple[str, float, float]], int]:
+    """Train samples/s and loader-only samples/s of each setting, medians; the train rows.
+
+    One fit trains through every setting in turn, one epoch each (Lightning asks for the train
+    loader again every epoch: ``reload_dataloaders_every_n_epochs=1``), so neighbouring epochs
+    compare the settings under the same load. Each setting's first epoch is its warm-up.
+    """
+    from keel.pipeline import build_model
+
+    cfg = compose("digits", "mlp", root, None)
+    dm = datamodule(cfg)
+    settings = loader_settings(root)
+    loaders = [make(dm) for _, make in settings]
+    used: list[int] = []
+
+    def rotating() -> Any:
+        used.append(len(used) % len(loaders))
+        return loaders[used[-1]]
+
+    dm.train_dataloader = rotating  # on the instance: what Lightning calls at each epoch's start
+    clock = epoch_clock()
+    fit(cfg, dm, build_model(cfg, dm), len(loaders) * (1 + epochs), clock, reload_dataloaders_every_n_epochs=1)
+    if len(used) != len(clock.seconds):
+        raise RuntimeError(f"bench: {len(used)} train loaders for {len(clock.seconds)} epochs: Lightning no longer "
+                           "reloads the loader every epoch; update bench_loader")
+    train_s: list[list[float]] = [[] for _ in loaders]
+    for i, seconds in zip(used, clock.seconds):
+        train_s[i].append(seconds)
+    loader_s: list[list[float]] = [[] for _ in loaders]
+    for _ in range(1 + epochs):  # one pass of each setting in turn; the first round warms up
+        for i, loader in enumerate(loaders):
+            start = time.perf_counter()
+            for _batch in loader:
+                pass
+            loader_s[i].append(time.perf_counter() - start)
+    rows = len(dm.split_arrays("train")[1])
+    return [(label, rate(rows, steady(t)), rate(rows, steady(s)))
+            for (label, _), t, s in zip(settings, train_s, loader_s)], rows
+
+
+def report_loader(results: list[tuple[str, float, float]], rows: int, epochs: int) -> str:
+    print(f"\n[2] DataLoader settings, digits mlp through keel's Trainer ({rows:,} train rows, batch 64): one fit, the "
+          f"settings taking turns epoch by epoch, median of {epochs} epochs each after 1 warm-up; loader only: the "
+          f"train loader alone, median of {epochs} passes each, taking turns likewise")
+    print(f"  {'setting':<42} {'train samples/s':>15} {'x default':>9} {'loader only':>12} {'x default':>9}")
+    _, base_train, base_loader = results[0]
+    for label, train, loader in results:
+        print(f"  {label:<42} {train:>15,.0f} {train / base_train:>9.2f} {loader:>12,.0f} {loader / base_loader:>9.2f}")
+    print("  not persistent: the 2 workers start again every epoch; every row's loader reloads each epoch "
+          "(its cost is in every setting alike)")
+    return "DataLoader settings, train samples/s x keel's default: " + ", ".join(
+        f"{label.split(':')[0]} {train / base_train:.2f}" for label, train, _ in results[1:])
+
+
+# --------------------------------------------------------------------------- 3. torch.compile
+
+
+def bench_compile(root: Path, epochs: int, rounds: int) -> list[tuple[str, float, float, float, float]]:
+    """(model, eager samples/s, compiled samples/s, compile s, eager first-epoch extra s) per model."""
+    from keel.pipeline import build_model
+
+    # A cold compile, as on a first run: Inductor's and Triton's on-disk caches start empty here
+    # (a second run of the same model on the same machine reuses them and compiles much faster).
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor-cache")
+    os.environ["TRITON_CACHE_DIR"] = str(root / "triton-cache")
+
+    per_round = max(1, epochs // rounds)
+    out = []
+    for model_name in COMPILE_MODELS:
+        runs = {}
+        for compiled in (False, True):
+            cfg = compose("digits", model_name, root, None, (f"model.compile={str(compiled).lower()}",))
+            dm = datamodule(cfg)
+            runs[compiled] = (cfg, dm, build_model(cfg, dm), [], [])  # (..., all epochs, steady epochs)
+        for _ in range(rounds):
+            for compiled in (False, True):
+                cfg, dm, model, first, seconds = runs[compiled]
+                clock = epoch_clock()
+                fit(cfg, dm, model, 1 + per_round, clock)
+                first.append(clock.seconds[0])
+                seconds += steady(clock.seconds)
+        rows = len(runs[False][1].split_arrays("train")[1])
+        eager_s, compiled_s = statistics.median(runs[False][4]), statistics.median(runs[True][4])
+        compile_s = runs[True][3][0] - compiled_s
+        eager_first = runs[False][3][0] - eager_s
+        out.append((model_name, rows / eager_s, rows / compiled_s, compile_s, eager_first))
+    return out
+
+
+def report_compile(results: list[tuple[str, float, float, float, float]], epochs: int, rounds: int) -> str:
+    print(f"\n[3] model.compile=true vs eager, digits, keel's Trainer: median epoch of {rounds} rounds x "
+          f"{max(1, epochs // rounds)} epochs (after 1 warm-up each), eager and compiled fits alternating")
+    print(f"  {'model':<6} {'eager samples/s':>15} {'compiled':>9} {'compiled/eager':>14} {'compile s':>9} "
+          f"{'eager 1st-epoch extra s':>23}")
+    for name, eager, compiled, compile_s, eager_first in results:
+        print(f"  {name:<6} {eager:>15,.0f} {compiled:>9,.0f} {compiled / eager:>14.2f} {compile_s:>9.1f} "
+              f"{eager_first:>23.2f}")
+    print("  compile s: the compiled model's first epoch minus its median epoch: a cold compile (empty Inductor cache; "
+          "the first model also pays Inductor's start-up), plus a recompile for the epoch's last, smaller batch")
+    return "compiled/eager samples/s: " + ", ".join(f"{name} {compiled / eager:.2f} (compile {compile_s:.1f} s)"
+                                                   for name, eager, compiled, compile_s, _ in results)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def quiet() -> None:
+    """Keep the tables readable: Lightning's banners and hints, keel's per-run notes (drift of
+    small splits, inferred contract), a deprecation inside Lightning (also ignored in pyproject)."""
+    import lightning  # noqa: F401  (its import sets its loggers' levels: lower them after it)
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    for name in ("lightning.pytorch", "lightning.fabric", "keel", "torch._dynamo", "torch._inductor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)  # "few workers", "small logging interval"
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20, help="timed epochs per case (after warm-up)")
+    parser.add_argument("--rows", type=int, default=100_000, help="rows of the synthetic table (part [1])")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of alternating eager/compiled fits (part [3])")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads of both loops (0: torch's default, one per core)")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                        help="where both loops train (trainer.accelerator; the hand loop moves each batch there)")
+    parser.add_argument("--parts", default="loop,loader,compile",
+                        help="comma-separated: loop ([1]), loader ([2]), compile ([3])")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK['epochs']} epochs, {QUICK['rows']:,} rows, parts "
+                             f"{','.join(QUICK['parts'])}")
+    args = parser.parse_args()
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if args.quick:
+        args.epochs, args.rows, parts, args.rounds = QUICK["epochs"], QUICK["rows"], QUICK["parts"], 1
+    unknown = set(parts) - {"loop", "loader", "compile"}
+    if unknown:
+        parser.error(f"--parts: unknown {sorted(unknown)}; expected any of loop, loader, compile")
+    if args.epochs < 1 or args.rows < 100 or args.rounds < 1 or args.threads < 0:
+        parser.error("expected --epochs >= 1, --rows >= 100, --rounds >= 1 and --threads >= 0")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    ACCELERATOR[0] = args.accelerator
+    quiet()
+    print(machine())
+    load_start = os.getloadavg()[0]
+    started = time.perf_counter()
+    headline = []
+    with tempfile.TemporaryDirectory(prefix="keel-bench-train-") as tmp:
+        root = Path(tmp)
+        if "loop" in parts:
+            table = write_table(root / "table.parquet", args.rows)
+            ratios = report_loop(bench_loop(root, table, args.epochs), args.epochs, args.rows)
+            worst = min(ratios.values())
+            headline.append("keel/hand samples/s: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+                            + f" (target >= {TARGET}: {'met' if worst >= TARGET else 'not met'})")
+        if "loader" in parts:
+            headline.append(report_loader(*bench_loader(root, args.epochs), args.epochs))
+        if "compile" in parts:
+            headline.append(report_compile(bench_compile(root, args.epochs, args.rounds), args.epochs, args.rounds))
+    print("\nheadline:")
+    for line in headline:
+        print(f"  {line}")
+    print(f"  total bench time {time.perf_counter() - started:.0f} s; load average (1 min) {load_start:.2f} at the "
+          f"start, {os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} cpus")
+
+
+if __name__ == "__main__":
+    main()

@@ -112,9 +112,12 @@ _RUN_LOCKS: dict[str, Any] = {}
 
 
 def _lock_run_dir(output_dir: Path) -> None:
-    """Hold an exclusive lock on ``<run dir>/.keel.lock`` for this run (``flock``: the kernel
-    drops it when the process ends, even on SIGKILL, so it never goes stale). Two commands
-    started at the same moment on the same run directory cannot both pass the checks below."""
+    """Hold an exclusive lock on ``<run dir>/.keel.lock`` for this run. Two commands started at
+    the same moment on the same run directory cannot both pass the checks below.
+
+    A POSIX record lock (``lockf``): the kernel drops it when the process ends, even on SIGKILL,
+    so it never goes stale, and unlike ``flock`` it is not shared with forked children
+    (DataLoader workers), which may outlive a failed run in the same process."""
     import fcntl
 
     from keel.run_manifest import RunStateError
@@ -125,7 +128,7 @@ def _lock_run_dir(output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     f = open(output_dir / ".keel.lock", "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
         raise RunStateError(
@@ -313,16 +316,31 @@ class WorkerDiedError(KeelError):
 
 def _explain_failure(e: BaseException, output_dir: Path) -> KeelError | None:
     """A user-facing error for failures whose raw message does not say what to do."""
-    if isinstance(e, RuntimeError) and "DataLoader worker" in str(e):
+    if _dataloader_worker_died(e):
         ckpts = sorted((output_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
         newest = str(ckpts[-1]) if ckpts else "none (no checkpoint written yet)"
-        first = str(e).strip().splitlines()[0]
+        first = (str(e).strip().splitlines() or [repr(e)])[0]
+        if not isinstance(e, RuntimeError):
+            first = f"{type(e).__name__} ({first}) while receiving a batch from a worker"
         return WorkerDiedError(
             f"a DataLoader worker process died: {first}. Newest checkpoint: {newest}. A killed worker usually ran "
             "out of memory. Fix: lower data.num_workers (0 loads in the main process) or data.batch_size, then "
             f"continue with {_resume_command(output_dir)}"
         )
     return None
+
+
+def _dataloader_worker_died(e: BaseException) -> bool:
+    """A DataLoader worker process died: torch says so ("DataLoader worker (pid ...) exited"), or
+    the main process lost the connection over which the dead worker was handing over a batch."""
+    if isinstance(e, RuntimeError) and "DataLoader worker" in str(e):
+        return True
+    if not isinstance(e, (ConnectionError, EOFError)):
+        return False
+    import traceback
+
+    return any(f.filename.replace("\\", "/").endswith("torch/utils/data/dataloader.py")
+               for f in traceback.extract_tb(e.__traceback__))
 
 
 def _checkpoint_step(path: str) -> int:

@@ -189,7 +189,9 @@ def test_a_dataloader_worker_that_dies_is_reported_and_the_run_continues(compose
     with pytest.raises(WorkerDiedError) as info:
         train(cfg)
     msg = str(info.value)
-    assert msg.startswith("a DataLoader worker process died: DataLoader worker (pid")
+    # torch reports the death itself, or the main process loses the connection the worker was sending on
+    assert msg.startswith("a DataLoader worker process died: ")
+    assert "DataLoader worker (pid" in msg or "while receiving a batch from a worker" in msg
     assert f"Newest checkpoint: {run / 'checkpoints'}" in msg and "lower data.num_workers" in msg
     assert _json(run / "run.json")["error"]["type"] == "WorkerDiedError"
 

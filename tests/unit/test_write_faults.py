@@ -195,7 +195,7 @@ def test_a_run_dir_locked_by_another_process_is_refused(compose_cfg, tmp_path):
     run.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import fcntl, sys, time
-        f = open({str(run / '.keel.lock')!r}, "a+"); fcntl.flock(f, fcntl.LOCK_EX)
+        f = open({str(run / '.keel.lock')!r}, "a+"); fcntl.lockf(f, fcntl.LOCK_EX)
         print("locked", flush=True); time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
     try:
@@ -207,3 +207,20 @@ def test_a_run_dir_locked_by_another_process_is_refused(compose_cfg, tmp_path):
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError(104, "Connection reset by peer"), EOFError()])
+def test_a_worker_dying_mid_handover_is_reported_as_a_dead_worker(tmp_path, error):
+    from keel.pipeline import WorkerDiedError, _explain_failure
+
+    # the error as it surfaces: raised while torch's DataLoader receives a batch
+    where = {}
+    exec(compile("def _try_get_data(e):\n    raise e\n", "/x/torch/utils/data/dataloader.py", "exec"), where)
+    try:
+        where["_try_get_data"](error)
+    except type(error) as raised:
+        explained = _explain_failure(raised, tmp_path)
+    assert isinstance(explained, WorkerDiedError)
+    assert f"{type(error).__name__} (" in str(explained) and "while receiving a batch from a worker" in str(explained)
+    assert "Newest checkpoint: none (no checkpoint written yet)" in str(explained)
+    assert _explain_failure(ConnectionResetError(104, "elsewhere"), tmp_path) is None  # not from a DataLoader

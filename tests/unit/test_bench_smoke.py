@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_bench(script: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+from bench_helpers import number, run_bench
 
 
-def _number(text: str) -> float:
-    return float(text.replace(",", ""))
+
+
+
 
 
 def test_bench_data_quick() -> None:
@@ -47,8 +35,8 @@ def test_bench_data_quick() -> None:
     for step, rows in steps.items():
         m = re.search(rf"^\s+{re.escape(step)}\s+([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)$", out, re.M)
         assert m, f"no row for {step!r}:\n{out}"
-        assert _number(m[1]) == rows
-        assert _number(m[3]) > 0  # rows/s
+        assert number(m[1]) == rows
+        assert number(m[3]) > 0  # rows/s
     # The bench's own sanity figures: planted violations and duplicates are all found.
     assert "clean table ok=True, tensor ok=True" in out
     assert "violating table: 200 rows flagged (planted 200)" in out
@@ -74,7 +62,7 @@ def test_bench_drift_small() -> None:
     for step, rows in (("reference_stats", 20_000), ("compare", 20_000), ("shared_rows (ref + other)", 40_000)):
         m = re.search(rf"^\s+{re.escape(step)}\s+([\d.]+) s\s+([\d,]+) rows/s$", out, re.M)
         assert m, f"no rows/s line for {step!r}:\n{out}"
-        seconds, rate = float(m[1]), _number(m[2])
+        seconds, rate = float(m[1]), number(m[2])
         # rows/s is rows / seconds, up to the rounding of the printed seconds (3 decimals)
         assert rate > 0 and abs(rate * seconds - rows) <= rate * 0.0005 + 1
     assert re.search(r"^\s+total\s+[\d.]+ s$", out, re.M)
@@ -94,7 +82,7 @@ def test_bench_inference_quick() -> None:
         size = r"\s+([\d,]+)\s+([\d,]+)\s+(\d+)%\s+([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)$"
         m = re.search(rf"^\s+{re.escape(model)}{size}", out, re.M)
         assert m, f"no size row for {model}:\n{out}"
-        params, b32, bdyn, bsta = (_number(m[i]) for i in (1, 2, 4, 6))
+        params, b32, bdyn, bsta = (number(m[i]) for i in (1, 2, 4, 6))
         # int8 weights: about a quarter of the fp32 bytes, plus scales and graph; weights dominate these files
         assert params > 10_000 and int(m[3]) >= 80
         assert float(m[5]) == pytest.approx(bdyn / b32, abs=0.006) and float(m[5]) < 0.5

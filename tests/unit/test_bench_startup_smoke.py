@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from bench_helpers import run_bench
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration  # each trains (startup: two one-epoch bundles; e2e: two debug=fast runs)
 
 
-def run_bench(script: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def test_bench_startup_quick() -> None:

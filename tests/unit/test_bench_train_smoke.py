@@ -15,22 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_helpers import number, run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM = r"([\d,]+(?:\.\d+)?)"
 
 
-def run_bench(script: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
-def number(text: str) -> float:
-    return float(text.replace(",", ""))
 
 
 @pytest.mark.integration  # imports Lightning and trains ~40 short epochs (~15-30 s)

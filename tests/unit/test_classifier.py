@@ -107,28 +107,40 @@ def test_no_decay_groups_reach_the_optimizer(compose_cfg, tmp_path):
 
 
 def test_epoch_metrics_equal_per_step_updates(compose_cfg):
-    """The step keeps its outputs and the metrics are fed once per epoch: same values as feeding every step."""
-    from keel.models.classifier import _split_metrics
+    """The step keeps its outputs and the metrics are fed once per epoch: the same values as
+    torchmetrics' classification metrics fed at every step."""
+    from torchmetrics import MeanMetric, MetricCollection
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassAUROC,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
 
     cfg = compose_cfg()
     dm = instantiate(cfg.data)
     dm.setup()
     model = build_model(cfg, dm).eval()
-    reference, losses, rows = _split_metrics(model.num_classes), [], []
-    confusion = torch.zeros(model.num_classes, model.num_classes, dtype=torch.long)
+    c = model.num_classes
+    reference = MetricCollection({
+        "acc": MulticlassAccuracy(c, average="micro"), "f1": MulticlassF1Score(c, average="macro"),
+        "precision": MulticlassPrecision(c, average="macro"), "recall": MulticlassRecall(c, average="macro"),
+        "auroc": MulticlassAUROC(c, average="macro", thresholds=None),
+    })
+    mean_loss = MeanMetric()
+    confusion = torch.zeros(c, c, dtype=torch.long)
     with torch.no_grad():
         for x, y in dm.val_dataloader():
             loss = model._step((x, y), "val")
             logits = model(x)
             reference.update(logits.softmax(dim=1), y)
-            losses.append(float(loss) * len(y))
-            rows.append(len(y))
-            confusion += torch.bincount(y * model.num_classes + logits.argmax(1),
-                                        minlength=model.num_classes ** 2).view_as(confusion)
+            mean_loss.update(loss, weight=len(y))
+            confusion += torch.bincount(y * c + logits.argmax(1), minlength=c ** 2).view_as(confusion)
     model._update_metrics("val")
     assert model._outputs["val"] == []
     got, want = model.metrics["val_metrics"].compute(), reference.compute()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
-    assert float(model.losses["val_loss"].compute()) == pytest.approx(sum(losses) / sum(rows), rel=1e-6)
-    assert model.val_confusion.compute().tolist() == confusion.tolist()
+    assert float(got["loss"]) == pytest.approx(float(mean_loss.compute()), rel=1e-6)
+    assert got["confusion"].tolist() == confusion.tolist()

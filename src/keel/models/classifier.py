@@ -10,33 +10,12 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torchmetrics import MaxMetric, MinMetric
 
+from keel.models.epoch_metrics import EpochClassification
 from keel.models.metric_names import PER_SPLIT, SPLITS
 from keel.models.nets.preprocess import build_preprocess
-from keel.optim import build_scheduler, param_groups
-
-
-def _split_metrics(num_classes: int) -> MetricCollection:
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-            "precision": MulticlassPrecision(num_classes, average="macro"),
-            "recall": MulticlassRecall(num_classes, average="macro"),
-            # Exact (keeps the epoch's probabilities). The binned variant takes ~18 s per batch
-            # under trainer.deterministic=true (torchmetrics' deterministic fallback).
-            "auroc": MulticlassAUROC(num_classes, average="macro", thresholds=None),
-        }
-    )
+from keel.optim import build_optimizer, build_scheduler, param_groups
 
 
 class Classifier(L.LightningModule):
@@ -90,11 +69,10 @@ class Classifier(L.LightningModule):
             "class_weights", None if weights is None else torch.tensor(list(weights), dtype=torch.float32)
         )
         self.label_smoothing = float(loss.get("label_smoothing", 0.0))
+        # Loss, acc, macro f1/precision/recall, exact macro AUROC and the confusion matrix of each
+        # split, from one update per epoch (keel.models.epoch_metrics; equal to torchmetrics' own).
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
-        self.metrics = nn.ModuleDict({f"{s}_metrics": _split_metrics(num_classes) for s in SPLITS})
-        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in SPLITS})
-        self.val_confusion = MulticlassConfusionMatrix(num_classes)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.metrics = nn.ModuleDict({f"{s}_metrics": EpochClassification(num_classes) for s in SPLITS})
         self.best = nn.ModuleDict({"acc": MaxMetric(), "f1": MaxMetric(), "loss": MinMetric()})
         for metric in self.best.values():
             metric.persistent(True)  # best-so-far survives a resume from checkpoint
@@ -133,24 +111,19 @@ class Classifier(L.LightningModule):
         return loss
 
     def _update_metrics(self, split: str) -> None:
-        """Feed the epoch's kept outputs of ``split`` to its metrics in one update each.
+        """Feed the epoch's kept outputs of ``split`` to its metrics in one update.
 
         Order-free sums and the exact AUROC give the same values as per-step updates; the
-        loss is weighted by rows per batch, as before.
+        loss is weighted by rows per batch.
         """
         outputs, self._outputs[split] = self._outputs[split], []
         if not outputs:
             return
-        logits = torch.cat([o[0] for o in outputs]).float()
+        logits = torch.cat([o[0] for o in outputs])
         y = torch.cat([o[1] for o in outputs])
         losses = torch.stack([o[2] for o in outputs])
-        rows = torch.tensor([len(o[1]) for o in outputs], dtype=losses.dtype, device=losses.device)
-        self.metrics[f"{split}_metrics"].update(logits.softmax(dim=1), y)
-        self.losses[f"{split}_loss"].update(losses, weight=rows)
-        if split == "val":
-            self.val_confusion.update(logits.argmax(dim=1), y)
-        elif split == "test":
-            self.test_confusion.update(logits.argmax(dim=1), y)
+        rows = torch.tensor([len(o[1]) for o in outputs], dtype=torch.float64, device=losses.device)
+        self.metrics[f"{split}_metrics"].update(logits, y, losses, rows)
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -163,10 +136,12 @@ class Classifier(L.LightningModule):
 
     def _log_epoch(self, split: str) -> dict[str, torch.Tensor]:
         self._update_metrics(split)
-        values = dict(self.metrics[f"{split}_metrics"].compute())  # torchmetrics reduces across ranks
-        values["loss"] = self.losses[f"{split}_loss"].compute()
-        self.metrics[f"{split}_metrics"].reset()
-        self.losses[f"{split}_loss"].reset()
+        metric = self.metrics[f"{split}_metrics"]
+        values = dict(metric.compute())  # reduced across DDP ranks by torchmetrics
+        metric.reset()
+        confusion = values.pop("confusion")
+        if split != "train":
+            self.confusion[split] = confusion.tolist()
         # values are already reduced; sync_dist=True is a no-op average that tells Lightning so
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=True)
         return values
@@ -176,8 +151,6 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch("val")
-        self.confusion["val"] = self.val_confusion.compute().tolist()
-        self.val_confusion.reset()
         if self.trainer.sanity_checking:
             return
         for key, metric in self.best.items():
@@ -186,12 +159,15 @@ class Classifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-        self.confusion["test"] = self.test_confusion.compute().tolist()
-        self.test_confusion.reset()
 
     def configure_optimizers(self) -> Any:
         groups = param_groups(self, bool(self.hparams.no_decay_bias_norm))
-        optimizer = instantiate(dict(self.hparams.optimizer))(groups)
+        optimizer = build_optimizer(
+            self.hparams.optimizer,
+            groups,
+            grad_scaler=getattr(self.trainer.precision_plugin, "scaler", None) is not None,
+            clip=bool(self.trainer.gradient_clip_val),
+        )
         sched = build_scheduler(
             self.hparams.scheduler,
             optimizer,

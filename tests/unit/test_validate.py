@@ -60,6 +60,8 @@ def test_missing_required_value(compose_cfg):
         (["model.loss.label_smoothing=1.5"], r"model.loss.label_smoothing=1.5: expected a number in \[0, 1\)"),
         (["optimized_metric=val/nope"], r"optimized_metric='val/nope': expected null or a logged metric"),
         (["data.val_fraction=0"], r"data.val_fraction=0: expected a fraction in \(0, 1\)"),
+        (["optimizer.fused=yes"], r"optimizer.fused='yes': expected auto, true or false. Fix: e.g. optimizer.fused=auto"),
+        (["optimizer.fused=1"], r"optimizer.fused=1: expected auto, true or false"),
     ],
 )
 def test_bad_values_name_key_value_and_fix(compose_cfg, overrides, match):

@@ -155,6 +155,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.limit_test_batches", _limit, "null, an integer >= 0 (batches) or a fraction in [0, 1]", "trainer.limit_test_batches=0.5"),
     Rule("optimizer.lr", _num_in(0, float("inf"), lo_open=True), "a number > 0", "optimizer.lr=0.001", optional=False),
     Rule("optimizer.weight_decay", _num_in(0, float("inf")), "a number >= 0", "optimizer.weight_decay=0.01"),
+    Rule("optimizer.fused", lambda v: v is None or v == "auto" or isinstance(v, bool), "auto, true or false", "optimizer.fused=auto"),
     Rule("optimizer.momentum", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "optimizer.momentum=0.9"),
     Rule("scheduler.interval", _one_of("epoch", "step"), "one of: epoch, step", "scheduler.interval=epoch"),
     Rule("scheduler.frequency", _int_ge(1), "an integer >= 1", "scheduler.frequency=1"),

@@ -1,6 +1,7 @@
-"""Optimizer parameter groups and learning-rate schedules built from config data."""
+"""Optimizers (fused where they can be), parameter groups and learning-rate schedules built from config data."""
 
+from keel.optim.optimizer import build_optimizer
 from keel.optim.param_groups import param_groups
 from keel.optim.scheduler import build_scheduler
 
-__all__ = ["build_scheduler", "param_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "param_groups"]

@@ -100,3 +100,34 @@ def test_gradients_are_not_checked_under_a_grad_scaler():
 def test_message_format():
     assert nonfinite_message("loss", 12, 3, 4, "/r/checkpoints/last.ckpt").startswith(
         "non-finite loss at global step 12 (epoch 3, batch 4); last good checkpoint: /r/checkpoints/last.ckpt. Training")
+
+
+class _PoisonBatch(_Tiny):
+    def __init__(self, batch: int):
+        super().__init__()
+        self.poison_batch = batch
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("inf") if self.current_epoch == 1 and batch_idx == self.poison_batch else loss
+
+
+def test_nonfinite_loss_in_an_accumulated_step_names_its_batch(tmp_path):
+    """The losses of the micro-batches are checked together at the optimizer step: the first
+    non-finite one is named, and no update is applied."""
+    module = _PoisonBatch(batch=2)  # epoch 1: batches 2 and 3 make global step 3 (2 steps per epoch)
+    with pytest.raises(NonFiniteError, match=re.escape("non-finite loss at global step 3 (epoch 1, batch 2)")) as info:
+        _fit(module, tmp_path, accumulate_grad_batches=2)
+    assert "The loss was inf" in str(info.value)
+    assert torch.isfinite(module.layer.weight).all()
+
+
+def test_loss_is_checked_without_the_gradient_check(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 3, generator=g), torch.randn(16, generator=g))
+    module = _PoisonBatch(batch=0)
+    trainer = L.Trainer(max_epochs=3, callbacks=[NanGuard(check_grads=False)], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, accelerator="cpu")
+    with pytest.raises(NonFiniteError, match=re.escape("non-finite loss at global step 4 (epoch 1, batch 0)")):
+        trainer.fit(module, DataLoader(data, batch_size=4))
+    assert torch.isfinite(module.layer.weight).all()

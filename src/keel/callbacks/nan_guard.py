@@ -55,49 +55,84 @@ def last_good_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
+def _sum_of_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """A scalar that is non-finite when any gradient holds a NaN or Inf: the sum of the
+    per-tensor norms from one foreach kernel (cheaper than ``get_total_norm``, which groups the
+    tensors by device and dtype in Python and takes a second norm). Gradients spread over
+    devices or dtypes take ``get_total_norm``."""
+    try:
+        return torch.stack(torch._foreach_norm(grads)).sum()
+    except RuntimeError:
+        return torch.nn.utils.get_total_norm(grads)
+
+
 class NanGuard(L.Callback):
-    """Raises :class:`NonFiniteError` as soon as the training loss or a gradient is NaN/Inf.
+    """Raises :class:`NonFiniteError` as soon as the training loss or a gradient is NaN/Inf,
+    before the optimizer applies the update.
 
-    The loss is checked in ``on_before_backward`` (before its gradients exist; by
-    ``on_train_batch_end`` the optimizer would already have applied them), the gradients
-    in ``on_before_optimizer_step`` (after accumulation and DDP reduction, before clipping and
-    the update). With a ``16-mixed`` GradScaler, Inf gradients are part of normal operation
-    (the scaler skips that step and lowers its scale), so only the loss is checked then.
+    Both are checked in ``on_before_optimizer_step`` (after accumulation and DDP reduction,
+    before clipping and the update) with one host sync per optimizer step: each loss is kept
+    from ``on_before_backward`` (no sync there), and a fused norm over the gradients covers
+    every parameter. A non-finite loss is reported as such (with its batch), even though its
+    backward has run by then: the update is what must not happen. Under DDP every rank gets
+    through the backward's all-reduce and stops at the same step (stopping one rank before its
+    backward would leave the others waiting in the all-reduce). With a ``16-mixed`` GradScaler,
+    Inf gradients are part of normal operation (the scaler skips that step and lowers its
+    scale), so only the loss is checked then.
 
-    Cost: one host sync per check. Added by ``keel.pipeline`` to every run (not a config option).
+    Added by ``keel.pipeline`` to every run (not a config option).
 
     Args:
         check_grads: also check every gradient before each optimizer step.
     """
 
+    # losses kept at most between two checks: a manual-optimization step that never calls the
+    # optimizer still gets its losses checked (and freed) this often
+    MAX_PENDING = 64
+
     def __init__(self, check_grads: bool = True) -> None:
         self.check_grads = check_grads
         self._batch_idx: int | None = None
+        self._pending: list[tuple[int | None, torch.Tensor]] = []  # (batch index, detached loss)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch_idx = batch_idx
 
-    def _raise(self, trainer: L.Trainer, what: str, detail: str = "") -> None:
-        raise NonFiniteError(nonfinite_message(what, trainer.global_step, trainer.current_epoch, self._batch_idx,
+    def _raise(self, trainer: L.Trainer, what: str, detail: str = "", batch_idx: int | None = None) -> None:
+        batch = self._batch_idx if batch_idx is None else batch_idx
+        raise NonFiniteError(nonfinite_message(what, trainer.global_step, trainer.current_epoch, batch,
                                                last_good_checkpoint(trainer), detail))
 
+    def _raise_for_loss(self, trainer: L.Trainer, pending: list[tuple[int | None, torch.Tensor]]) -> None:
+        """Raise for the first non-finite loss in ``pending`` (the caller knows there is one)."""
+        for batch_idx, value in pending:
+            if not bool(torch.isfinite(value).all()):
+                shown = value.item() if value.numel() == 1 else "non-finite values"
+                self._raise(trainer, "loss", f"The loss was {shown}", batch_idx)
+
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        value = loss.detach()
-        if not bool(torch.isfinite(value).all()):
-            shown = value.item() if value.numel() == 1 else "non-finite values"
-            self._raise(trainer, "loss", f"The loss was {shown}")
+        self._pending.append((self._batch_idx, loss.detach()))
+        if len(self._pending) >= self.MAX_PENDING:
+            pending, self._pending = self._pending, []
+            if not bool(torch.stack([torch.isfinite(v).all() for _, v in pending]).all()):
+                self._raise_for_loss(trainer, pending)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        if not self.check_grads or getattr(trainer.precision_plugin, "scaler", None) is not None:
+        pending, self._pending = self._pending, []
+        flags = [torch.isfinite(v).all() for _, v in pending]
+        grads: list[torch.Tensor] = []
+        if self.check_grads and getattr(trainer.precision_plugin, "scaler", None) is None:
+            # A fused norm over the gradients the optimizer is about to apply (a NaN or Inf
+            # anywhere makes it non-finite). Walking named_parameters() here would visit every
+            # submodule, metrics included, at each step.
+            params = ([p for group in optimizer.param_groups for p in group["params"]] if optimizer is not None
+                      else pl_module.parameters())
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                flags.append(torch.isfinite(_sum_of_norms(grads)))
+        if not flags or bool(torch.stack(flags).all()):  # the one host sync of the step
             return
-        # Fast path, every step: one fused norm over the gradients the optimizer is about to apply
-        # (a NaN or Inf anywhere makes it non-finite) and one host sync. Walking
-        # named_parameters() here would visit every submodule, metrics included, at each step.
-        params = ([p for group in optimizer.param_groups for p in group["params"]] if optimizer is not None
-                  else pl_module.parameters())
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
-            return
+        self._raise_for_loss(trainer, pending)
         bad = nonfinite_grads(pl_module.named_parameters())  # which ones (a finite overflow of the norm: none)
         if bad:
             more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
@@ -112,6 +147,9 @@ class NanGuard(L.Callback):
             self._raise(trainer, "loss")
         elif isinstance(loss, float) and not math.isfinite(loss):
             self._raise(trainer, "loss", f"The loss was {loss}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pending = []  # backward without an optimizer step (manual optimization): nothing to guard
 
 
 __all__ = ["NanGuard", "NonFiniteError", "last_good_checkpoint", "nonfinite_grads", "nonfinite_message"]

@@ -102,3 +102,16 @@ def test_state_dict_holds_no_metric_state():
     metric = EpochClassification(3)
     metric.update(*batches(10, 3, seed=7))
     assert metric.state_dict() == {}
+
+
+def test_compute_after_a_ddp_sync_gathered_the_states():
+    """Under DDP torchmetrics replaces each list state by one gathered tensor before compute."""
+    logits, target, losses, rows = batches(90, 4, seed=8)
+    metric = EpochClassification(4)
+    metric.update(logits, target, losses, rows)
+    want = metric.compute()
+    synced = EpochClassification(4)
+    synced.update(logits, target, losses, rows)
+    synced.probs, synced.target = torch.cat(synced.probs), torch.cat(synced.target)
+    for k, v in want.items():
+        torch.testing.assert_close(synced.compute()[k], v)

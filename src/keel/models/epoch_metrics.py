@@ -87,6 +87,12 @@ def macro_auroc(probs: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return per_class.mean()
 
 
+def _cat(state: Tensor | list[Tensor], empty: Tensor) -> Tensor:
+    if isinstance(state, Tensor):
+        return state
+    return dim_zero_cat(state) if state else empty
+
+
 class EpochClassification(Metric):
     """Loss and classification metrics of one split over an epoch.
 
@@ -124,8 +130,9 @@ class EpochClassification(Metric):
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
         values = confusion_scores(self.confmat)
-        probs = dim_zero_cat(self.probs) if self.probs else torch.zeros(0, self.num_classes)
-        target = dim_zero_cat(self.target) if self.target else torch.zeros(0, dtype=torch.long)
+        # lists of per-update tensors; one tensor after a DDP sync (torchmetrics gathers them)
+        probs = _cat(self.probs, torch.zeros(0, self.num_classes, device=self.confmat.device))
+        target = _cat(self.target, torch.zeros(0, dtype=torch.long, device=self.confmat.device))
         values["auroc"] = macro_auroc(probs, target, self.num_classes)
         values["loss"] = _safe_divide(self.loss_sum, self.rows)
         out = {k: values[k].to(torch.float32) for k in VALUES}

@@ -24,7 +24,11 @@ computation, the scheduler and the loader's start. Samples/s are training rows p
    epoch: a callback runs one hand epoch just before each keel epoch, so load on the shared
    machine hits both alike. After one warm-up epoch each, the median over N epochs (N/4 for the
    table, whose epochs are ~50x longer). ``+us/step`` is what keel adds to each step (epoch-end
-   work spread over the steps): the difference of the two median epochs, per step.
+   work spread over the steps): the difference of the two median epochs, per step. keel's side
+   runs what ``train.py`` runs, so it draws whole batches by tensor indexing and steps the
+   optimizer its config resolves to (``optimizer.fused=auto``: torch's fused kernel); the
+   tutorial loop does neither. A third loop, ``hand*``, is the hand loop with both of keel's
+   choices (taking its turn each epoch too): keel against it shows the framework's own cost.
 2. DataLoader settings on digits (``model=mlp``): keel's default train loader (whole-batch tensor
    indexing, no workers) against ``data.num_workers=2`` (persistent workers, as keel sets
    them), 2 workers that are not persistent (a new pair each epoch), the per-row
@@ -162,16 +166,17 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def epoch_clock(before_epoch: Callable[[], float] | None = None) -> Any:
+def epoch_clock(*before_epoch: Callable[[], float]) -> Any:
     """A callback that records each training epoch's wall time (``seconds``), from one
-    ``on_train_epoch_start`` to the next or to ``on_train_end``; with ``before_epoch``, it first
-    runs that (another loop's epoch, outside the clock) and records what it returns in ``other``."""
+    ``on_train_epoch_start`` to the next or to ``on_train_end``; with ``before_epoch`` callables,
+    it first runs each of them (other loops' epochs, outside the clock) and records what the
+    i-th returns in ``other[i]``."""
     import lightning as L
 
     class EpochClock(L.Callback):
         def __init__(self) -> None:
             self.seconds: list[float] = []
-            self.other: list[float] = []
+            self.other: list[list[float]] = [[] for _ in before_epoch]
             self._start: float | None = None
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -179,8 +184,8 @@ def epoch_clock(before_epoch: Callable[[], float] | None = None) -> Any:
             now = time.perf_counter()
             if self._start is not None:
                 self.seconds.append(now - self._start)
-            if before_epoch is not None:
-                self.other.append(before_epoch())
+            for run, record in zip(before_epoch, self.other):
+                record.append(run())
             self._start = time.perf_counter()
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -236,23 +241,36 @@ def rate(rows: int, seconds: list[float]) -> float:
 class HandLoop:
     """The training loop the PyTorch tutorials teach, on the same rows, architecture and batch size.
 
-    ``epoch()`` trains one epoch and returns its wall time.
+    ``epoch()`` trains one epoch and returns its wall time. With ``fast=True``, the same loop
+    over keel's data path and optimizer: whole batches drawn by tensor indexing (keel's
+    ``IndexBatchSampler``, shuffled) and the optimizer implementation keel's config resolves to
+    (``keel.optim.build_optimizer``: torch's fused kernel under ``optimizer.fused=auto``). The
+    gap between keel and this loop is what the framework itself (Lightning's loop, keel's module
+    and callbacks) costs per step.
     """
 
-    def __init__(self, cfg: Any, dm: Any) -> None:
+    def __init__(self, cfg: Any, dm: Any, fast: bool = False) -> None:
         import torch
         from torch import nn
         from torch.utils.data import DataLoader, TensorDataset
 
+        from keel.data import IndexBatchSampler
+        from keel.optim import build_optimizer
         from keel.pipeline import build_model
 
         fresh = build_model(cfg, dm)  # the same net and preprocessing, new weights
         self.device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
         self.model = nn.Sequential(fresh.preprocess, fresh.net).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg.optimizer.lr))
         x, y = (torch.from_numpy(a) for a in dm.split_arrays("train"))
         self.rows = len(y)
-        self.loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.data.batch_size), shuffle=True)
+        batch = int(cfg.data.batch_size)
+        if fast:
+            self.optimizer = build_optimizer(cfg.optimizer, [{"params": list(self.model.parameters())}])
+            sampler = IndexBatchSampler(len(y), batch, shuffle=True, seed=0)
+            self.loader = DataLoader(TensorDataset(x, y), sampler=sampler, batch_size=None)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg.optimizer.lr))
+            self.loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)
 
     def epoch(self) -> float:
         import torch.nn.functional as F
@@ -277,6 +295,7 @@ class LoopResult:
     steps: int
     keel: list[float] = field(default_factory=list)  # seconds per steady epoch
     hand: list[float] = field(default_factory=list)
+    fast: list[float] = field(default_factory=list)  # the hand loop over keel's data path and optimizer
     setup_s: float = 0.0
 
 
@@ -294,12 +313,12 @@ def bench_loop(root: Path, table: Path, epochs: int) -> list[LoopResult]:
         start = time.perf_counter()
         dm = datamodule(cfg)
         setup_s = time.perf_counter() - start
-        hand = HandLoop(cfg, dm)
-        clock = epoch_clock(hand.epoch)
+        hand, fast = HandLoop(cfg, dm), HandLoop(cfg, dm, fast=True)
+        clock = epoch_clock(hand.epoch, fast.epoch)
         fit(cfg, dm, build_model(cfg, dm), 1 + case_epochs(dataset, epochs), clock)
         batch = int(cfg.data.batch_size)
-        res = LoopResult(name, hand.rows, batch, -(-hand.rows // batch), steady(clock.seconds), steady(clock.other),
-                         setup_s)
+        res = LoopResult(name, hand.rows, batch, -(-hand.rows // batch), steady(clock.seconds),
+                         steady(clock.other[0]), steady(clock.other[1]), setup_s)
         out.append(res)
     return out
 
@@ -307,22 +326,27 @@ def bench_loop(root: Path, table: Path, epochs: int) -> list[LoopResult]:
 def report_loop(results: list[LoopResult], epochs: int, rows: int) -> dict[str, float]:
     print(f"\n[1] training throughput, samples/s: keel (Trainer + callbacks=training, logger=none) vs the hand-written "
           f"loop (DataLoader over a TensorDataset, Adam, cross-entropy); median of {epochs} epochs (the table: "
-          f"{case_epochs('table', epochs)}) after 1 warm-up, the two alternating epoch by epoch")
+          f"{case_epochs('table', epochs)}) after 1 warm-up, the loops taking turns epoch by epoch")
     print(f"  table/mlp: synthetic table of {rows:,} rows ({TABLE_NUMERIC} numeric + 2 category columns, "
           f"{TABLE_CLASSES} classes), data=csv (Parquet); the train split is what both loops train on")
     print(f"  {'case':<11} {'train rows':>10} {'batch':>5} {'steps':>5} {'keel':>9} {'hand':>9} {'keel/hand':>9} "
-          f"{'+us/step':>8} {'epoch ratios min-max':>21} {'setup s':>8}")
+          f"{'+us/step':>8} {'epoch ratios min-max':>21} {'hand*':>9} {'keel/hand*':>10} {'+us/step':>8} {'setup s':>8}")
     ratios: dict[str, float] = {}
     for r in results:
-        keel, hand = rate(r.rows, r.keel), rate(r.rows, r.hand)
+        keel, hand, fast = rate(r.rows, r.keel), rate(r.rows, r.hand), rate(r.rows, r.fast)
         per_epoch = [h / k for k, h in zip(r.keel, r.hand)]
         ratios[r.name] = keel / hand
         extra_us = (statistics.median(r.keel) - statistics.median(r.hand)) / r.steps * 1e6
+        fast_us = (statistics.median(r.keel) - statistics.median(r.fast)) / r.steps * 1e6
         print(f"  {r.name:<11} {r.rows:>10,} {r.batch:>5} {r.steps:>5} {keel:>9,.0f} {hand:>9,.0f} {keel / hand:>9.2f} "
-              f"{extra_us:>+8.0f} {min(per_epoch):>10.2f} - {max(per_epoch):<8.2f} {r.setup_s:>8.2f}")
+              f"{extra_us:>+8.0f} {min(per_epoch):>10.2f} - {max(per_epoch):<8.2f} {fast:>9,.0f} {keel / fast:>10.2f} "
+              f"{fast_us:>+8.0f} {r.setup_s:>8.2f}")
     print("  keel and hand: training rows per second (median epoch); +us/step: keel's median epoch minus hand's, per "
           "step; epoch ratios: hand epoch time / keel epoch time of each adjacent pair; setup s: DataModule.setup "
           "(read, split, contract checks, drift), not in the figures")
+    print("  hand*: the same hand loop over keel's data path and optimizer (whole-batch tensor indexing, the "
+          "optimizer implementation optimizer.fused=auto resolves to): keel/hand* and its +us/step are what "
+          "Lightning's loop, keel's module (epoch metrics) and its callbacks cost on top")
     return ratios
 
 

@@ -87,6 +87,11 @@ def macro_auroc(probs: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return per_class.mean()
 
 
+def _float64_capable(t: Tensor) -> Tensor:
+    """``t``, on the CPU if its device has no float64 (MPS): the rank and ratio sums need it."""
+    return t.cpu() if t.device.type == "mps" else t
+
+
 def _cat(state: Tensor | list[Tensor], empty: Tensor) -> Tensor:
     if isinstance(state, Tensor):
         return state
@@ -111,8 +116,10 @@ class EpochClassification(Metric):
         self.num_classes = int(num_classes)
         c = self.num_classes
         self.add_state("confmat", torch.zeros(c, c, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("loss_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        # float32 like torchmetrics' MeanMetric (MPS has no float64); counts are exact below 2**24 rows
+        # per batch and the sums are of per-batch means times rows
+        self.add_state("loss_sum", torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("rows", torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("probs", [], dist_reduce_fx="cat")
         self.add_state("target", [], dist_reduce_fx="cat")
 
@@ -122,21 +129,22 @@ class EpochClassification(Metric):
         target = target.long()
         pred = probs.argmax(dim=1)  # on the probabilities, as torchmetrics does
         self.confmat += torch.bincount(target * c + pred, minlength=c * c).view(c, c)
-        rows = rows.to(torch.float64)
-        self.loss_sum += (losses.to(torch.float64) * rows).sum()
+        rows = rows.to(self.rows.dtype)
+        self.loss_sum += (losses.to(self.loss_sum.dtype) * rows).sum()
         self.rows += rows.sum()
         self.probs.append(probs)
         self.target.append(target)
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        values = confusion_scores(self.confmat)
+        confmat = _float64_capable(self.confmat)
+        values = confusion_scores(confmat)
         # lists of per-update tensors; one tensor after a DDP sync (torchmetrics gathers them)
-        probs = _cat(self.probs, torch.zeros(0, self.num_classes, device=self.confmat.device))
-        target = _cat(self.target, torch.zeros(0, dtype=torch.long, device=self.confmat.device))
+        probs = _float64_capable(_cat(self.probs, torch.zeros(0, self.num_classes, device=confmat.device)))
+        target = _float64_capable(_cat(self.target, torch.zeros(0, dtype=torch.long, device=confmat.device)))
         values["auroc"] = macro_auroc(probs, target, self.num_classes)
         values["loss"] = _safe_divide(self.loss_sum, self.rows)
         out = {k: values[k].to(torch.float32) for k in VALUES}
-        out["confusion"] = self.confmat.clone()
+        out["confusion"] = confmat.clone()
         return out
 
 

@@ -74,9 +74,10 @@ class NanGuard(L.Callback):
     before clipping and the update) with one host sync per optimizer step: each loss is kept
     from ``on_before_backward`` (no sync there), and a fused norm over the gradients covers
     every parameter. A non-finite loss is reported as such (with its batch), even though its
-    backward has run by then: the update is what must not happen. Under DDP every rank gets
-    through the backward's all-reduce and stops at the same step (stopping one rank before its
-    backward would leave the others waiting in the all-reduce). With a ``16-mixed`` GradScaler,
+    backward has run by then: the update is what must not happen. Under DDP the bad loss's
+    gradients reach every rank through the backward's all-reduce, so with the gradient check on
+    (the default) all ranks stop at the same step (stopping one rank before its backward would
+    leave the others waiting in the all-reduce). With a ``16-mixed`` GradScaler,
     Inf gradients are part of normal operation (the scaler skips that step and lowers its
     scale), so only the loss is checked then.
 

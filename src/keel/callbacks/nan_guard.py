@@ -76,8 +76,7 @@ class NanGuard(L.Callback):
     every parameter. A non-finite loss is reported as such (with its batch), even though its
     backward has run by then: the update is what must not happen. Under DDP the bad loss's
     gradients reach every rank through the backward's all-reduce, so with the gradient check on
-    (the default) all ranks stop at the same step (stopping one rank before its backward would
-    leave the others waiting in the all-reduce). With a ``16-mixed`` GradScaler,
+    (the default) every rank stops at the same step. With a ``16-mixed`` GradScaler,
     Inf gradients are part of normal operation (the scaler skips that step and lowers its
     scale), so only the loss is checked then.
 

@@ -431,6 +431,7 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
     from keel.callbacks import NanGuard, RngState
     from keel.checkpoint_io import AtomicCheckpointIO
     from keel.distributed import cpu_threads_per_process, hydra_ddp_relaunch, is_fsdp
+    from keel.hook_dispatch import NoProfiler, lean_dispatch
     from keel.run_manifest import data_fingerprint, write_json_atomic
 
     _route_lightning_logs()
@@ -503,7 +504,10 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
         # last.ckpt must be whole after any kill: ckpt_path=auto resumes from it
         plugins=[*_trainer_plugins(cfg), AtomicCheckpointIO()],
         **_overfit_adapter(cfg, datamodule),
+        **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),
     )
+    # no per-step calls to hooks that only Lightning's empty defaults implement
+    lean_dispatch(trainer, model)
     if trainer.num_devices * trainer.num_nodes > 1 and trainer.strategy.root_device.type == "cpu":
         # One process per device shares this node's cores: N processes x all cores threads thrash.
         threads = cpu_threads_per_process(trainer.num_devices)

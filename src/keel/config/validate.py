@@ -166,6 +166,7 @@ RULES: tuple[Rule, ...] = (
     Rule("model.loss.class_weights", _class_weights, "null, 'balanced' or a list of positive numbers", "model.loss.class_weights=balanced"),
     Rule("model.no_decay_bias_norm", _one_of(True, False), "true or false", "model.no_decay_bias_norm=true"),
     Rule("model.compile", _one_of(True, False), "true or false", "model.compile=true"),
+    Rule("model.channels_last", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false", "model.channels_last=auto"),
     Rule("model.net.hidden", _ints_ge(1), "a non-empty list of layer widths >= 1", "model.net.hidden=[256,128]"),
     Rule("model.net.channels", _ints_ge(1), "a non-empty list of channel counts >= 1", "model.net.channels=[32,64]"),
     Rule("model.net.dropout", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "model.net.dropout=0.1"),

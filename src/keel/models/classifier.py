@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +17,34 @@ from torchmetrics import MaxMetric, MinMetric
 from keel.models.epoch_metrics import EpochClassification
 from keel.models.metric_names import PER_SPLIT, SPLITS
 from keel.models.nets.preprocess import build_preprocess
-from keel.optim import build_optimizer, build_scheduler, param_groups
+from keel.optim import align_state_layout, build_optimizer, build_scheduler, param_groups
+
+log = logging.getLogger("keel")
+
+CHANNELS_LAST_CHOICES = ("auto", True, False)
+
+
+def resolve_channels_last(setting: bool | str, net: nn.Module, device_type: str, world_size: int) -> tuple[bool, str]:
+    """Whether to fit ``net`` with its 4D weights in channels-last layout, and why (``""``: nothing
+    to say: a net without 4D weights, or ``false``).
+
+    ``auto``: yes on the CPU in a single process (oneDNN picks its channels-last convolutions:
+    the digits cnn trains ~1.2x faster, bench/bench_train.py); no on accelerators, where the gain
+    depends on the precision and the GPU (``true`` asks for it), and no under DDP, whose gradient
+    buckets are laid out for the default layout (torch warns of the mismatch).
+    """
+    if not (setting == "auto" or isinstance(setting, bool)):
+        raise ValueError(f"model.channels_last={setting!r}: expected auto, true or false "
+                         "(e.g. model.channels_last=auto)")
+    if setting is False or not any(p.dim() == 4 for p in net.parameters()):
+        return False, ""
+    if setting is True:
+        return True, "model.channels_last=true"
+    if device_type != "cpu":
+        return False, f"auto: on {device_type} only with model.channels_last=true"
+    if world_size > 1:
+        return False, f"auto: not under DDP ({world_size} processes)"
+    return True, "auto: convolutions on the CPU"
 
 
 class Classifier(L.LightningModule):
@@ -33,6 +62,12 @@ class Classifier(L.LightningModule):
         loss: ``label_smoothing`` and ``class_weights`` (None or a list, one per class).
         no_decay_bias_norm: keep biases and norm weights out of weight decay.
         compile: ``torch.compile`` the net in place.
+        channels_last: keep the net's 4D weights (convolutions) in channels-last memory layout
+            while fitting: ``auto`` (on the CPU in a single process, where oneDNN's convolutions
+            run ~1.2x faster on the digits cnn), ``true`` (any device, e.g. GPUs with
+            mixed precision) or ``false``. Same math, other kernels; the net is back in the
+            default layout after fit (test, export and checkpoints loaded later see no
+            difference). See :func:`resolve_channels_last`.
         contract: the data contract (plain data), stored with every checkpoint.
         reference: the train split's drift reference statistics (plain data), stored with
             every checkpoint so that new data can be compared with it (``keel drift``).
@@ -52,6 +87,7 @@ class Classifier(L.LightningModule):
         no_decay_bias_norm: bool = False,
         compile: bool = False,
         reference: Mapping[str, Any] | None = None,
+        channels_last: bool | str = "auto",
     ) -> None:
         super().__init__()
         # logger=False: keel writes the HParams entry itself at the end, with final metrics.
@@ -83,6 +119,7 @@ class Classifier(L.LightningModule):
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s: [] for s in SPLITS}
         if compile:
             self.net.compile()
+        self.channels_last = False  # resolved in setup("fit")
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` around every hook it calls, ~45 times per training
@@ -93,6 +130,29 @@ class Classifier(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        use, why = resolve_channels_last(self.hparams.get("channels_last", "auto"), self.net,
+                                         self.trainer.strategy.root_device.type, self.trainer.world_size)
+        if use:
+            # before the optimizer exists and the checkpoint's weights are copied in (both keep it)
+            self.net.to(memory_format=torch.channels_last)
+            self.channels_last = True
+            log.info("model.channels_last: convolution weights in channels-last layout while fitting (%s)", why)
+        elif why:
+            log.info("model.channels_last: default layout (%s)", why)
+
+    def on_train_start(self) -> None:
+        # a checkpoint's optimizer state may come from a run in the other layout (see align_state_layout)
+        for optimizer in self.trainer.optimizers:
+            align_state_layout(optimizer)
+
+    def on_fit_end(self) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.contiguous_format)
+            self.channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw contract-conforming inputs ``(N, *shape)`` -> logits ``(N, classes)``."""
@@ -188,3 +248,11 @@ class Classifier(L.LightningModule):
             "config": getattr(self, "run_config", None),
             "metric_names": [f"{s}/{m}" for s in SPLITS for m in PER_SPLIT],
         }
+
+
+# Lightning inspects the step method's signature on every step (is the batch index a parameter?);
+# inspect returns a function's __signature__ when it has one (PEP 362), ~4x faster than
+# rebuilding it from the code object each time. The signatures are the functions' own.
+for _step in (Classifier.training_step, Classifier.validation_step, Classifier.test_step):
+    _step.__signature__ = inspect.signature(_step)  # type: ignore[attr-defined]
+del _step

@@ -102,4 +102,28 @@ def build_optimizer(config: Mapping[str, Any], groups: list[dict[str, Any]], *, 
     return factory(groups, fused=True)
 
 
-__all__ = ["FUSED_CHOICES", "build_optimizer", "fused_blocker", "fused_devices", "has_fused"]
+def align_state_layout(optimizer: torch.optim.Optimizer) -> int:
+    """Give every per-parameter state tensor (Adam's moments, SGD's momentum buffer ...) its
+    parameter's memory layout; returns how many were copied.
+
+    Fused kernels walk a parameter, its gradient and its state as flat memory: a 4D weight in
+    channels-last layout (``model.channels_last``) with moments restored from a checkpoint taken
+    in the other layout would be updated element by element against the wrong moments, with no
+    error (measured: torch's fused Adam, a 0.16 max error after one step). The values are kept;
+    only the strides change, and only where they differ.
+    """
+    copied = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == p.shape and value.dim() > 1
+                        and value.stride() != p.stride()):
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+                    copied += 1
+    return copied
+
+
+__all__ = ["FUSED_CHOICES", "align_state_layout", "build_optimizer", "fused_blocker", "fused_devices", "has_fused"]

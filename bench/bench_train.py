@@ -25,10 +25,15 @@ computation, the scheduler and the loader's start. Samples/s are training rows p
    machine hits both alike. After one warm-up epoch each, the median over N epochs (N/4 for the
    table, whose epochs are ~50x longer). ``+us/step`` is what keel adds to each step (epoch-end
    work spread over the steps): the difference of the two median epochs, per step. keel's side
-   runs what ``train.py`` runs, so it draws whole batches by tensor indexing and steps the
-   optimizer its config resolves to (``optimizer.fused=auto``: torch's fused kernel); the
-   tutorial loop does neither. A third loop, ``hand*``, is the hand loop with both of keel's
-   choices (taking its turn each epoch too): keel against it shows the framework's own cost.
+   runs what ``train.py`` runs, so it draws whole batches by tensor indexing, steps the
+   optimizer its config resolves to (``optimizer.fused=auto``: torch's fused kernel) and, on the
+   CPU, keeps conv weights in channels-last layout (``model.channels_last=auto``); the tutorial
+   loop does none of these. A third loop, ``hand*``, is the hand loop with keel's three choices
+   (taking its turn each epoch too): keel against it shows the framework's own cost.
+   ``floor/hand``: a bare LightningModule (the same net, cross-entropy, keel's optimizer and
+   data path; no metrics, callbacks, logging or progress bar) in Lightning's Trainer, in a second
+   fit that takes turns with the tutorial loop the same way: the most a module run by Lightning's
+   loop can reach. ``keel/floor`` is keel's cost above it.
 2. DataLoader settings on digits (``model=mlp``): keel's default train loader (whole-batch tensor
    indexing, no workers) against ``data.num_workers=2`` (persistent workers, as keel sets
    them), 2 workers that are not persistent (a new pair each epoch), the per-row
@@ -200,14 +205,17 @@ def epoch_clock(*before_epoch: Callable[[], float]) -> Any:
 def fit(cfg: Any, dm: Any, model: Any, epochs: int, clock: Any, **trainer_kwargs: Any) -> None:
     """``trainer.fit`` for ``epochs`` epochs with the Trainer ``keel.pipeline`` builds (its
     callbacks, NaN guard and RNG state, the atomic checkpoint IO), no validation, ``clock`` first
-    in the callback list (so its epoch start comes before the others')."""
+    in the callback list (so its epoch start comes before the others'), keel's hook dispatch
+    (``keel.hook_dispatch``: no profiler contexts, no calls to hooks that do nothing)."""
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ProgressBar
 
     from keel.callbacks import NanGuard, RngState
     from keel.checkpoint_io import AtomicCheckpointIO
+    from keel.hook_dispatch import NoProfiler, lean_dispatch
 
     callbacks = [instantiate(node) for node in cfg.callbacks.values()] + [NanGuard(), RngState()]
+    trainer_kwargs.setdefault("profiler", NoProfiler())  # as keel.pipeline: no trainer.profiler set
     trainer = instantiate(
         cfg.trainer,
         callbacks=[clock, *callbacks],
@@ -223,6 +231,7 @@ def fit(cfg: Any, dm: Any, model: Any, epochs: int, clock: Any, **trainer_kwargs
         enable_model_summary=False,
         **trainer_kwargs,
     )
+    lean_dispatch(trainer, model)  # as keel.pipeline: per-step hooks that do nothing are not called
     with contextlib.redirect_stdout(io.StringIO()):  # the progress bar: drawn (its cost counts), not shown
         trainer.fit(model, datamodule=dm)
 
@@ -242,9 +251,10 @@ class HandLoop:
     """The training loop the PyTorch tutorials teach, on the same rows, architecture and batch size.
 
     ``epoch()`` trains one epoch and returns its wall time. With ``fast=True``, the same loop
-    over keel's data path and optimizer: whole batches drawn by tensor indexing (keel's
-    ``IndexBatchSampler``, shuffled) and the optimizer implementation keel's config resolves to
-    (``keel.optim.build_optimizer``: torch's fused kernel under ``optimizer.fused=auto``). The
+    over keel's data path, optimizer and layout: whole batches drawn by tensor indexing (keel's
+    ``IndexBatchSampler``, shuffled), the optimizer implementation keel's config resolves to
+    (``keel.optim.build_optimizer``: torch's fused kernel under ``optimizer.fused=auto``) and
+    conv weights in channels-last layout where ``model.channels_last=auto`` puts them. The
     gap between keel and this loop is what the framework itself (Lightning's loop, keel's module
     and callbacks) costs per step.
     """
@@ -255,6 +265,7 @@ class HandLoop:
         from torch.utils.data import DataLoader, TensorDataset
 
         from keel.data import IndexBatchSampler
+        from keel.models.classifier import resolve_channels_last
         from keel.optim import build_optimizer
         from keel.pipeline import build_model
 
@@ -265,6 +276,9 @@ class HandLoop:
         self.rows = len(y)
         batch = int(cfg.data.batch_size)
         if fast:
+            use, _ = resolve_channels_last(cfg.model.get("channels_last", "auto"), fresh.net, self.device.type, 1)
+            if use:  # keel's layout choice for conv weights (model.channels_last=auto)
+                self.model.to(memory_format=torch.channels_last)
             self.optimizer = build_optimizer(cfg.optimizer, [{"params": list(self.model.parameters())}])
             sampler = IndexBatchSampler(len(y), batch, shuffle=True, seed=0)
             self.loader = DataLoader(TensorDataset(x, y), sampler=sampler, batch_size=None)
@@ -297,11 +311,66 @@ class LoopResult:
     hand: list[float] = field(default_factory=list)
     fast: list[float] = field(default_factory=list)  # the hand loop over keel's data path and optimizer
     setup_s: float = 0.0
+    floor: list[float] = field(default_factory=list)  # a bare LightningModule in Lightning's loop
+    floor_hand: list[float] = field(default_factory=list)  # the hand loop's epochs beside it
 
 
 def case_epochs(dataset: str, epochs: int) -> int:
     """Timed epochs of a part [1] case: the table's epochs are ~50x longer than digits'."""
     return max(1, epochs // TABLE_EPOCH_DIVISOR) if dataset == "table" else epochs
+
+
+def floor_module(cfg: Any, dm: Any) -> Any:
+    """The least a LightningModule can be: the same net and preprocessing (fresh weights, keel's
+    layout), cross-entropy, keel's optimizer; no metrics, no logging, no hooks. keel's Classifier skips
+    nn.Module.__setattr__ for Lightning's ``_current_fx_name`` (set ~45 times a step); so does this."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+
+    from keel.models.classifier import resolve_channels_last
+    from keel.optim import build_optimizer
+    from keel.pipeline import build_model
+
+    class Floor(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            fresh = build_model(cfg, dm)
+            self.preprocess, self.net = fresh.preprocess, fresh.net
+            device = "cuda" if cfg.trainer.accelerator == "gpu" else "cpu"
+            if resolve_channels_last(cfg.model.get("channels_last", "auto"), self.net, device, 1)[0]:
+                self.net.to(memory_format=torch.channels_last)  # keel's layout, as hand* has it
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "_current_fx_name":
+                object.__setattr__(self, name, value)
+            else:
+                super().__setattr__(name, value)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            return F.cross_entropy(self.net(self.preprocess(x)), y)
+
+        def configure_optimizers(self) -> Any:
+            return build_optimizer(cfg.optimizer, [{"params": list(self.parameters())}])
+
+    return Floor()
+
+
+def fit_floor(cfg: Any, dm: Any, epochs: int, clock: Any) -> None:
+    """``floor_module`` in the Trainer of ``cfg.trainer`` with keel's hook dispatch and nothing else:
+    no callbacks but ``clock``, no logger, progress bar, checkpointing or validation."""
+    from hydra.utils import instantiate
+
+    from keel.hook_dispatch import NoProfiler, lean_dispatch
+
+    model = floor_module(cfg, dm)
+    trainer = instantiate(cfg.trainer, callbacks=[clock], logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, use_distributed_sampler=False, max_epochs=epochs, min_epochs=1,
+                          limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
+                          profiler=NoProfiler())
+    lean_dispatch(trainer, model)
+    trainer.fit(model, train_dataloaders=dm.train_dataloader())  # the DataModule's val loader: not wanted
 
 
 def bench_loop(root: Path, table: Path, epochs: int) -> list[LoopResult]:
@@ -319,6 +388,10 @@ def bench_loop(root: Path, table: Path, epochs: int) -> list[LoopResult]:
         batch = int(cfg.data.batch_size)
         res = LoopResult(name, hand.rows, batch, -(-hand.rows // batch), steady(clock.seconds),
                          steady(clock.other[0]), steady(clock.other[1]), setup_s)
+        # Lightning's own floor, taking turns with the tutorial loop likewise (a second fit)
+        floor_clock = epoch_clock(hand.epoch)
+        fit_floor(cfg, dm, 1 + case_epochs(dataset, epochs), floor_clock)
+        res.floor, res.floor_hand = steady(floor_clock.seconds), steady(floor_clock.other[0])
         out.append(res)
     return out
 
@@ -330,7 +403,8 @@ def report_loop(results: list[LoopResult], epochs: int, rows: int) -> dict[str, 
     print(f"  table/mlp: synthetic table of {rows:,} rows ({TABLE_NUMERIC} numeric + 2 category columns, "
           f"{TABLE_CLASSES} classes), data=csv (Parquet); the train split is what both loops train on")
     print(f"  {'case':<11} {'train rows':>10} {'batch':>5} {'steps':>5} {'keel':>9} {'hand':>9} {'keel/hand':>9} "
-          f"{'+us/step':>8} {'epoch ratios min-max':>21} {'hand*':>9} {'keel/hand*':>10} {'+us/step':>8} {'setup s':>8}")
+          f"{'+us/step':>8} {'epoch ratios min-max':>21} {'hand*':>9} {'keel/hand*':>10} {'+us/step':>8} "
+          f"{'floor/hand':>10} {'keel/floor':>10} {'setup s':>8}")
     ratios: dict[str, float] = {}
     for r in results:
         keel, hand, fast = rate(r.rows, r.keel), rate(r.rows, r.hand), rate(r.rows, r.fast)
@@ -338,15 +412,22 @@ def report_loop(results: list[LoopResult], epochs: int, rows: int) -> dict[str, 
         ratios[r.name] = keel / hand
         extra_us = (statistics.median(r.keel) - statistics.median(r.hand)) / r.steps * 1e6
         fast_us = (statistics.median(r.keel) - statistics.median(r.fast)) / r.steps * 1e6
+        # the floor ran in its own fit, beside its own hand epochs: compare each to its neighbour
+        floor_hand = rate(r.rows, r.floor) / rate(r.rows, r.floor_hand)
         print(f"  {r.name:<11} {r.rows:>10,} {r.batch:>5} {r.steps:>5} {keel:>9,.0f} {hand:>9,.0f} {keel / hand:>9.2f} "
               f"{extra_us:>+8.0f} {min(per_epoch):>10.2f} - {max(per_epoch):<8.2f} {fast:>9,.0f} {keel / fast:>10.2f} "
-              f"{fast_us:>+8.0f} {r.setup_s:>8.2f}")
+              f"{fast_us:>+8.0f} {floor_hand:>10.2f} {keel / hand / floor_hand:>10.2f} {r.setup_s:>8.2f}")
     print("  keel and hand: training rows per second (median epoch); +us/step: keel's median epoch minus hand's, per "
           "step; epoch ratios: hand epoch time / keel epoch time of each adjacent pair; setup s: DataModule.setup "
           "(read, split, contract checks, drift), not in the figures")
     print("  hand*: the same hand loop over keel's data path and optimizer (whole-batch tensor indexing, the "
-          "optimizer implementation optimizer.fused=auto resolves to): keel/hand* and its +us/step are what "
+          "optimizer implementation optimizer.fused=auto resolves to, conv weights channels-last as "
+          "model.channels_last=auto puts them): keel/hand* and its +us/step are what "
           "Lightning's loop, keel's module (epoch metrics) and its callbacks cost on top")
+    print("  floor/hand: a bare LightningModule (the same net, cross-entropy, keel's optimizer and data path, no metrics, "
+          "callbacks, logging or progress bar; keel's hook dispatch) in Lightning's Trainer vs the tutorial loop, in a "
+          "second fit taking turns with it: the most any module run by Lightning's loop can reach. keel/floor = "
+          "(keel/hand) / (floor/hand): what keel's module and callbacks cost above that floor")
     return ratios
 
 

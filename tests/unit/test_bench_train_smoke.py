@@ -35,11 +35,12 @@ def test_bench_train_quick() -> None:
 
     assert "[1] training throughput, samples/s" in out
     assert "hand*: the same hand loop over keel's data path and optimizer" in out
+    assert "floor/hand: a bare LightningModule" in out
     assert "synthetic table of 3,000 rows" in out
     ratios = {}
     for case, batch in (("digits/mlp", 64), ("digits/cnn", 64), ("table/mlp", 128)):
         m = re.search(rf"^\s+{re.escape(case)}\s+{NUM}\s+(\d+)\s+(\d+)\s+{NUM}\s+{NUM}\s+([\d.]+)\s+([+-]\d+)\s+"
-                      rf"([\d.]+) - ([\d.]+)\s+{NUM}\s+([\d.]+)\s+([+-]\d+)\s+([\d.]+)$", out, re.M)
+                      rf"([\d.]+) - ([\d.]+)\s+{NUM}\s+([\d.]+)\s+([+-]\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
         assert m, f"no row for {case}:\n{out}"
         rows, steps, keel, hand, ratio = number(m[1]), int(m[3]), number(m[4]), number(m[5]), float(m[6])
         assert int(m[2]) == batch and steps == math.ceil(rows / batch)
@@ -48,6 +49,8 @@ def test_bench_train_quick() -> None:
         assert float(m[8]) <= float(m[9])
         fast = number(m[10])  # hand*: the hand loop over keel's data path and optimizer
         assert fast > 0 and float(m[11]) == pytest.approx(keel / fast, rel=0.01, abs=0.006)
+        floor_hand, keel_floor = float(m[13]), float(m[14])  # Lightning's floor vs the tutorial loop; keel vs floor
+        assert floor_hand > 0 and keel_floor == pytest.approx(ratio / floor_hand, rel=0.02, abs=0.01)
         ratios[case] = ratio
     assert re.search(r"^\s+digits/mlp\s+1,259\s", out, re.M)  # the embedded split, always the same
     table_rows = number(re.search(rf"^\s+table/mlp\s+{NUM}", out, re.M)[1])

@@ -50,8 +50,11 @@ QUICK = ["debug=fast"]  # one epoch of 2 batches per stage; test, export and int
 CHILD = r"""
 import time
 T0 = time.perf_counter()
-import json, resource, runpy, sys
+import gc, json, resource, runpy, sys
 
+# The instrumentation imports Lightning before train.py runs; keel's job does its imports with
+# automatic collection off (keel.gc_phases), so these do too (turned back on before train.py).
+gc.disable()
 marks, out = [], sys.argv[1]
 inside = set()
 
@@ -103,6 +106,7 @@ import keel.config as keel_config
 exit_now = keel_config.exit_now
 keel_config.exit_now = lambda code=0: None  # train.py ends with it: first write the marks, below
 sys.argv = ["train.py", *sys.argv[2:]]
+gc.enable()
 code = 0
 try:
     runpy.run_path("train.py", run_name="__main__")

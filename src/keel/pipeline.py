@@ -428,6 +428,7 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
+    from keel import gc_phases
     from keel.callbacks import NanGuard, RngState
     from keel.checkpoint_io import AtomicCheckpointIO
     from keel.distributed import cpu_threads_per_process, hydra_ddp_relaunch, is_fsdp
@@ -517,6 +518,8 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
     if trainer.is_global_zero and resume_step is None:  # a continued run logged them when it started
         _log_data_reports(loggers, datamodule)
 
+    # start-up is over: what exists now is never traversed by a collection again (keel.gc_phases)
+    gc_phases.settle()
     with hydra_ddp_relaunch(str(output_dir)):
         with warnings.catch_warnings():
             if resume_step is not None:
@@ -534,6 +537,9 @@ def _fit_and_record(cfg: DictConfig, output_dir: Path, started: float, manifest:
         stopped_early = bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0))
         best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
         fast = bool(trainer.fast_dev_run)
+        # testing imports and runs the ONNX exporter (callbacks onnx_export, quantize): its imports
+        # would again set off full collections (keel.gc_phases); settled when the job has ended
+        gc_phases.pause()
         if best and not fast:
             trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         else:
@@ -723,8 +729,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 def export_main(cfg: DictConfig) -> None:
     """Hydra task function of export.py: user mistakes print one message and exit 2."""
+    from keel import gc_phases
+
     try:
-        export(cfg)
+        with gc_phases.job():  # mostly imports (torch, the ONNX exporter): no full collections
+            export(cfg)
     except KeelError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
@@ -777,8 +786,11 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from keel import gc_phases
+
     try:
-        return train(_with_stored_overrides(cfg))
+        with gc_phases.job():  # no full collections while imports build the heap (settled before fit)
+            return train(_with_stored_overrides(cfg))
     except KeelError as e:
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if multirun:

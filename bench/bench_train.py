@@ -265,7 +265,7 @@ class HandLoop:
         from torch.utils.data import DataLoader, TensorDataset
 
         from keel.data import IndexBatchSampler
-        from keel.models.classifier import resolve_channels_last
+        from keel.models.classifier import apply_channels_last
         from keel.optim import build_optimizer
         from keel.pipeline import build_model
 
@@ -275,10 +275,8 @@ class HandLoop:
         x, y = (torch.from_numpy(a) for a in dm.split_arrays("train"))
         self.rows = len(y)
         batch = int(cfg.data.batch_size)
-        if fast:
-            use, _ = resolve_channels_last(cfg.model.get("channels_last", "auto"), fresh.net, self.device.type, 1)
-            if use:  # keel's layout choice for conv weights (model.channels_last=auto)
-                self.model.to(memory_format=torch.channels_last)
+        if fast:  # keel's layout choice for conv weights (model.channels_last=auto)
+            apply_channels_last(fresh.net, cfg.model.get("channels_last", "auto"), self.device.type, 1)
             self.optimizer = build_optimizer(cfg.optimizer, [{"params": list(self.model.parameters())}])
             sampler = IndexBatchSampler(len(y), batch, shuffle=True, seed=0)
             self.loader = DataLoader(TensorDataset(x, y), sampler=sampler, batch_size=None)
@@ -322,30 +320,23 @@ def case_epochs(dataset: str, epochs: int) -> int:
 
 def floor_module(cfg: Any, dm: Any) -> Any:
     """The least a LightningModule can be: the same net and preprocessing (fresh weights, keel's
-    layout), cross-entropy, keel's optimizer; no metrics, no logging, no hooks. keel's Classifier skips
-    nn.Module.__setattr__ for Lightning's ``_current_fx_name`` (set ~45 times a step); so does this."""
+    layout), cross-entropy, keel's optimizer; no metrics, no logging, no hooks. Like keel's Classifier,
+    it sets Lightning's ``_current_fx_name`` (~45 times a step) without nn.Module.__setattr__."""
     import lightning as L
-    import torch
     import torch.nn.functional as F
 
-    from keel.models.classifier import resolve_channels_last
+    from keel.hook_dispatch import CheapHookNames
+    from keel.models.classifier import apply_channels_last
     from keel.optim import build_optimizer
     from keel.pipeline import build_model
 
-    class Floor(L.LightningModule):
+    class Floor(CheapHookNames, L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             fresh = build_model(cfg, dm)
             self.preprocess, self.net = fresh.preprocess, fresh.net
             device = "cuda" if cfg.trainer.accelerator == "gpu" else "cpu"
-            if resolve_channels_last(cfg.model.get("channels_last", "auto"), self.net, device, 1)[0]:
-                self.net.to(memory_format=torch.channels_last)  # keel's layout, as hand* has it
-
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name == "_current_fx_name":
-                object.__setattr__(self, name, value)
-            else:
-                super().__setattr__(name, value)
+            apply_channels_last(self.net, cfg.model.get("channels_last", "auto"), device, 1)  # as hand* has it
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             x, y = batch

@@ -15,6 +15,9 @@ other instance are untouched; hooks outside :data:`PER_STEP_HOOKS` (setup, check
 hooks: some are called directly, without the callable check) are never touched, nor are the
 module's evaluation batch hooks (Lightning reads their signatures).
 
+:class:`CheapHookNames` (a LightningModule mixin) sets the hook name Lightning records around
+every call without ``nn.Module.__setattr__``'s type checks.
+
 :class:`NoProfiler` is Lightning's default ``PassThroughProfiler`` (no profiling) whose
 ``profile()`` returns one shared ``nullcontext`` instead of building a generator-based context
 manager for each of the ~40-100 profiled actions of a step. Used only when the config sets no
@@ -48,6 +51,20 @@ PER_STEP_HOOKS: tuple[str, ...] = (
 MODULE_STEP_HOOKS: tuple[str, ...] = PER_STEP_HOOKS[:6]
 
 _NULL = contextlib.nullcontext()
+
+
+class CheapHookNames:
+    """LightningModule mixin (list it before ``LightningModule``): Lightning sets
+    ``_current_fx_name`` around every hook it calls, ~45 times per training step.
+    ``nn.Module.__setattr__`` first tests the value against Parameter, Module and Buffer
+    (isinstance through Python-level metaclass checks) and its three registries; for this plain
+    string that always ends in ``object.__setattr__``, so go there directly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
 
 class NoProfiler(PassThroughProfiler):

@@ -12,7 +12,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from keel.hook_dispatch import MODULE_STEP_HOOKS, PER_STEP_HOOKS, NoProfiler, lean_dispatch, skip_noop_hooks
+from keel.hook_dispatch import (
+    MODULE_STEP_HOOKS,
+    PER_STEP_HOOKS,
+    CheapHookNames,
+    NoProfiler,
+    lean_dispatch,
+    skip_noop_hooks,
+)
 from keel.models.classifier import Classifier
 
 
@@ -153,3 +160,17 @@ def test_classifier_step_signatures_are_their_own():
         code = fn.__code__
         assert list(fn.__signature__.parameters) == list(code.co_varnames[: code.co_argcount])
         assert inspect.getfullargspec(fn).args == ["self", "batch", "batch_idx"]
+
+
+def test_cheap_hook_names_mixin_keeps_module_registration(monkeypatch):
+    class M(CheapHookNames, L.LightningModule):
+        pass
+
+    m, layer = M(), nn.Linear(2, 2)
+    calls = []
+    real = nn.Module.__setattr__
+    monkeypatch.setattr(nn.Module, "__setattr__", lambda self, k, v: (calls.append(k), real(self, k, v)))
+    m._current_fx_name = "training_step"
+    assert m._current_fx_name == "training_step" and calls == []  # straight to object.__setattr__
+    m.layer = layer  # modules and parameters still register
+    assert calls == ["layer"] and "layer.weight" in m.state_dict()

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
+from keel.hook_dispatch import CheapHookNames
 from keel.models.epoch_metrics import EpochClassification
 from keel.models.metric_names import PER_SPLIT, SPLITS
 from keel.models.nets.preprocess import build_preprocess
@@ -47,7 +48,16 @@ def resolve_channels_last(setting: bool | str, net: nn.Module, device_type: str,
     return True, "auto: convolutions on the CPU"
 
 
-class Classifier(L.LightningModule):
+def apply_channels_last(net: nn.Module, setting: bool | str, device_type: str, world_size: int) -> tuple[bool, str]:
+    """:func:`resolve_channels_last`, and ``net``'s 4D weights moved to channels-last layout when
+    it says yes (in place: the same Parameter objects, other strides)."""
+    use, why = resolve_channels_last(setting, net, device_type, world_size)
+    if use:
+        net.to(memory_format=torch.channels_last)
+    return use, why
+
+
+class Classifier(CheapHookNames, L.LightningModule):
     """Cross-entropy classification of any net, with standardization built into the model.
 
     Every argument is plain data (dicts, lists, numbers, strings) and is saved as
@@ -121,24 +131,13 @@ class Classifier(L.LightningModule):
             self.net.compile()
         self.channels_last = False  # resolved in setup("fit")
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` around every hook it calls, ~45 times per training
-        # step. nn.Module.__setattr__ first tests the value against Parameter, Module and Buffer
-        # (isinstance through Python-level metaclass checks) and the three registries; for this
-        # plain string that always ends in object.__setattr__, so go there directly.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        use, why = resolve_channels_last(self.hparams.get("channels_last", "auto"), self.net,
-                                         self.trainer.strategy.root_device.type, self.trainer.world_size)
+        # before the optimizer exists and the checkpoint's weights are copied in (both keep it)
+        use, why = apply_channels_last(self.net, self.hparams.get("channels_last", "auto"),
+                                       self.trainer.strategy.root_device.type, self.trainer.world_size)
         if use:
-            # before the optimizer exists and the checkpoint's weights are copied in (both keep it)
-            self.net.to(memory_format=torch.channels_last)
             self.channels_last = True
             log.info("model.channels_last: convolution weights in channels-last layout while fitting (%s)", why)
         elif why:

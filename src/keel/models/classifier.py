@@ -22,8 +22,6 @@ from keel.optim import align_state_layout, build_optimizer, build_scheduler, par
 
 log = logging.getLogger("keel")
 
-CHANNELS_LAST_CHOICES = ("auto", True, False)
-
 
 def resolve_channels_last(setting: bool | str, net: nn.Module, device_type: str, world_size: int) -> tuple[bool, str]:
     """Whether to fit ``net`` with its 4D weights in channels-last layout, and why (``""``: nothing

@@ -23,8 +23,8 @@ def test_bench_data_quick() -> None:
     assert header, out
     steps = {
         "baseline: numpy range test (float64)": 20_000,
-        "TableContract.check (pandera, clean)": 20_000,
-        "TableContract.check (1% rows violate)": 20_000,
+        "TableContract.check (clean: vectorized)": 20_000,
+        "TableContract.check (1% violate: pandera)": 20_000,
         "TensorContract.check (float32 array)": 20_000,
         "drift: reference_stats (1st half)": 10_000,
         "drift: compare (2nd half)": 10_000,

@@ -336,6 +336,8 @@ class TableContract:
             names = ", ".join(map(str, dup))
             detail = "each column name must appear once"
             return ContractReport(self.name, split, n, (Violation("duplicate-columns", names, n, n, detail=detail),))
+        if self._surely_clean(df, with_target):
+            return ContractReport(self.name, split, n, ())
         if not (pd.api.types.is_integer_dtype(df.index) and df.index.is_unique):
             df = df.reset_index(drop=True)  # row ids must name one row each: positions then
         try:
@@ -343,6 +345,57 @@ class TableContract:
         except pa.errors.SchemaErrors as err:
             return ContractReport(self.name, split, n, tuple(_violations(err.failure_cases, n, self.target)))
         return ContractReport(self.name, split, n, ())
+
+    def _surely_clean(self, df: pd.DataFrame, with_target: bool) -> bool:
+        """True only when pandera would find nothing: the same rules, column by column in NumPy.
+
+        pandera runs ~3 checks per column through pandas, ~25 ms per split of a 30-column
+        table of any size; on clean data, which is what every split of a healthy run is, these
+        vectorized tests decide alone. Any doubt (a rule broken, a category, object or
+        extension dtype column, a label that is not a plain number) returns False, and the
+        schema's lazy validation then reports every violation as before.
+        """
+        declared = [c.name for c in self.columns] + ([self.target] if with_target else [])
+        if len(df.columns) != len(declared) or set(df.columns) != set(declared):
+            return False  # strict: missing or extra columns
+        for c in self.columns:
+            if not c.numeric:
+                return False
+            col = df[c.name]
+            if not isinstance(col.dtype, np.dtype):
+                return False  # pandas extension dtypes (nullable Int64, category ...): pandera decides
+            v = col.to_numpy()
+            if v.dtype.kind == "b":
+                v = v.astype(np.float64)  # as _numeric_view: 0/1
+            elif v.dtype.kind not in "iuf":
+                return False
+            if v.dtype.kind == "f":
+                nan = np.isnan(v)
+                if nan.any():
+                    if not c.nullable:
+                        return False
+                    v = v[~nan]
+                if not len(v):
+                    continue
+                if c.dtype in ("int64", "int32", "bool") and not np.array_equal(v, np.round(v)):
+                    return False  # non-whole values (and Inf, caught by the next rule anyway)
+            if not len(v):
+                continue
+            lo, hi = v.min(), v.max()
+            if v.dtype.kind == "f" and (not (abs(float(lo)) <= FLOAT32_MAX and abs(float(hi)) <= FLOAT32_MAX)):
+                return False  # Inf, or beyond what the float32 model can hold
+            if c.dtype == "bool" and (lo < 0 or hi > 1):
+                return False
+            if (c.min is not None and lo < c.min) or (c.max is not None and hi > c.max):
+                return False
+        if with_target:
+            y = df[self.target]
+            if (not isinstance(y.dtype, np.dtype) or y.dtype.kind not in "iuf"
+                    or not all(_is_num(k) for k in self.classes)):
+                return False
+            if not bool(y.astype("float64").isin([float(k) for k in self.classes]).all()):
+                return False  # a NaN label is not in the classes either
+        return True
 
     def encode_labels(self, y: pd.Series | np.ndarray) -> np.ndarray:
         """Label values -> int64 class indices in ``classes`` order (call after a clean check)."""

@@ -391,7 +391,7 @@ class TableContract:
         if with_target:
             y = df[self.target]
             if (not isinstance(y.dtype, np.dtype) or y.dtype.kind not in "iuf"
-                    or not all(_is_num(k) for k in self.classes)):
+                    or not all(isinstance(k, int) for k in self.classes)):  # as _label_ok
                 return False
             if not bool(y.astype("float64").isin([float(k) for k in self.classes]).all()):
                 return False  # a NaN label is not in the classes either

@@ -375,8 +375,6 @@ class TableContract:
                     if not c.nullable:
                         return False
                     v = v[~nan]
-                if not len(v):
-                    continue
                 if c.dtype in ("int64", "int32", "bool") and not np.array_equal(v, np.round(v)):
                     return False  # non-whole values (and Inf, caught by the next rule anyway)
             if not len(v):
@@ -393,7 +391,7 @@ class TableContract:
             if (not isinstance(y.dtype, np.dtype) or y.dtype.kind not in "iuf"
                     or not all(isinstance(k, int) for k in self.classes)):  # as _label_ok
                 return False
-            if not bool(y.astype("float64").isin([float(k) for k in self.classes]).all()):
+            if not bool(self._label_ok(y).all()):  # its numeric branch, given the guard above
                 return False  # a NaN label is not in the classes either
         return True
 

@@ -131,3 +131,43 @@ def test_loss_is_checked_without_the_gradient_check(tmp_path):
     with pytest.raises(NonFiniteError, match=re.escape("non-finite loss at global step 4 (epoch 1, batch 0)")):
         trainer.fit(module, DataLoader(data, batch_size=4))
     assert torch.isfinite(module.layer.weight).all()
+
+
+def test_fused_check_finds_every_nonfinite_value_and_leaves_values_unchanged():
+    """The fused kernel (scale 1) flags a NaN/Inf anywhere, in any float dtype or layout, and
+    rewrites every value bit for bit (-0.0 and subnormals included)."""
+    from keel.callbacks.nan_guard import _fused_found_inf
+
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(5, 4, generator=g), torch.randn(3, generator=g).to(torch.bfloat16),
+               torch.randn(4, 6, generator=g).t(), torch.tensor([-0.0, 1e-40, 3.0])]
+    before = [t.clone() for t in tensors]
+    assert not bool(_fused_found_inf(tensors))
+    for t, b in zip(tensors, before):
+        assert torch.equal(t.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    for i, bad in enumerate((float("nan"), float("inf"), float("-inf"), float("nan"))):
+        damaged = [t.clone() for t in before]
+        damaged[i][(-1,) * damaged[i].dim()] = bad
+        assert bool(_fused_found_inf(damaged)), (i, bad)
+
+
+def test_fused_check_declines_what_it_cannot_check():
+    from keel.callbacks.nan_guard import _fused_found_inf
+
+    assert _fused_found_inf([torch.ones(2), torch.ones(2, device="meta")]) is None  # two devices
+    assert _fused_found_inf([torch.ones(2, 2).to_sparse()]) is None
+    assert _fused_found_inf([torch.ones(2, dtype=torch.long)]) is None
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "fallback"])
+def test_both_check_paths_stop_at_the_bad_step(tmp_path, monkeypatch, fused):
+    """Where the fused kernel does not apply, the per-loss check and the gradient norm still
+    stop a bad loss and a bad gradient at their step."""
+    import keel.callbacks.nan_guard as guard
+
+    if not fused:
+        monkeypatch.setattr(guard, "_fused_found_inf", lambda tensors: None)
+    with pytest.raises(NonFiniteError, match=re.escape("non-finite loss at global step 4 (epoch 1, batch 0)")):
+        _fit(_PoisonBatch(batch=0), tmp_path / "loss")
+    with pytest.raises(NonFiniteError, match=re.escape("non-finite gradient at global step 5")):
+        _fit(_Tiny(nan_grad_at=5), tmp_path / "grad")

@@ -66,14 +66,33 @@ def _sum_of_norms(grads: list[torch.Tensor]) -> torch.Tensor:
         return torch.nn.utils.get_total_norm(grads)
 
 
+def _fused_found_inf(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """A one-element float tensor that is nonzero when any of ``tensors`` holds a NaN or Inf,
+    from one fused kernel (the one ``torch.amp.GradScaler`` checks gradients with; called with
+    a scale of 1, so every value is rewritten unchanged, -0.0 and subnormals included). On
+    a small net that is a third of the norm path's time per step (three ops instead of seven).
+    None where the kernel does not apply: tensors on several devices, tensor subclasses
+    (DTensor shards would each be checked alone), sparse or non-float tensors."""
+    device = tensors[0].device
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.device != device or t.layout != torch.strided or not t.is_floating_point():
+            return None
+    found = torch.zeros(1, device=device)
+    try:
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=device))
+    except (RuntimeError, NotImplementedError):
+        return None
+    return found
+
+
 class NanGuard(L.Callback):
     """Raises :class:`NonFiniteError` as soon as the training loss or a gradient is NaN/Inf,
     before the optimizer applies the update.
 
     Both are checked in ``on_before_optimizer_step`` (after accumulation and DDP reduction,
     before clipping and the update) with one host sync per optimizer step: each loss is kept
-    from ``on_before_backward`` (no sync there), and a fused norm over the gradients covers
-    every parameter. A non-finite loss is reported as such (with its batch), even though its
+    from ``on_before_backward`` (no sync there), and one fused non-finite check covers the
+    losses and every gradient. A non-finite loss is reported as such (with its batch), even though its
     backward has run by then: the update is what must not happen. Under DDP the bad loss's
     gradients reach every rank through the backward's all-reduce, so with the gradient check on
     (the default) every rank stops at the same step. With a ``16-mixed`` GradScaler,
@@ -119,24 +138,37 @@ class NanGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         pending, self._pending = self._pending, []
-        flags = [torch.isfinite(v).all() for _, v in pending]
         grads: list[torch.Tensor] = []
         if self.check_grads and getattr(trainer.precision_plugin, "scaler", None) is None:
-            # A fused norm over the gradients the optimizer is about to apply (a NaN or Inf
-            # anywhere makes it non-finite). Walking named_parameters() here would visit every
-            # submodule, metrics included, at each step.
+            # The gradients the optimizer is about to apply. Walking named_parameters() here
+            # would visit every submodule, metrics included, at each step.
             params = ([p for group in optimizer.param_groups for p in group["params"]] if optimizer is not None
                       else pl_module.parameters())
             grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                flags.append(torch.isfinite(_sum_of_norms(grads)))
-        if not flags or bool(torch.stack(flags).all()):  # the one host sync of the step
+        if not pending and not grads:
+            return
+        if self._all_finite(pending, grads):  # the one host sync of the step
             return
         self._raise_for_loss(trainer, pending)
         bad = nonfinite_grads(pl_module.named_parameters())  # which ones (a finite overflow of the norm: none)
         if bad:
             more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
             self._raise(trainer, "gradient", f"NaN/Inf in the gradient of {', '.join(bad[:3])}{more}")
+
+    @staticmethod
+    def _all_finite(pending: list[tuple[int | None, torch.Tensor]], grads: list[torch.Tensor]) -> bool:
+        """Whether every pending loss and every gradient is finite, with one host sync."""
+        tensors = list(grads)
+        if pending:  # the losses as one new tensor: the kept (detached) losses are not rewritten
+            tensors.append(torch.cat([v.reshape(-1) for _, v in pending]))
+        found = _fused_found_inf(tensors)
+        if found is not None:
+            return not bool(found)
+        # elsewhere: a finite check per loss and a fused norm over the gradients
+        flags = [torch.isfinite(v).all() for _, v in pending]
+        if grads:
+            flags.append(torch.isfinite(_sum_of_norms(grads)))
+        return bool(torch.stack(flags).all())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Manual optimization may never call backward through Lightning: check what the step returned.

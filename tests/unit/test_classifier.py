@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from keel.models import Classifier
-from keel.models.metric_names import METRIC_NAMES
+from keel.models.metric_names import METRIC_NAMES, PER_SPLIT, logged_names
 from keel.pipeline import build_model
 
 
@@ -36,13 +36,41 @@ def test_logs_exactly_the_declared_metric_names(setup, tmp_path):
     m = dict(trainer.logged_metrics)
     trainer.test(model, datamodule=dm, verbose=False)
     m.update(trainer.logged_metrics)
-    assert set(m) == set(METRIC_NAMES)
+    assert set(m) == set(logged_names())  # the training split: loss and acc by default
     assert 0.0 <= float(m["test/acc"]) <= 1.0
     assert float(m["val/acc_best"]) >= float(m["val/acc"]) - 1e-6
     assert float(m["val/loss_best"]) <= float(m["val/loss"]) + 1e-6
     cm = model.confusion["test"]
     assert len(cm) == 10 and all(len(r) == 10 for r in cm)
     assert sum(map(sum, cm)) == 2 * cfg.data.batch_size  # two test batches, each row counted once
+
+
+def test_train_metrics_all_logs_every_metric_and_a_list_its_own(setup, tmp_path):
+    """model.train_metrics picks the training split's metrics; val and test log all six either way."""
+    cfg, dm = setup
+    for train_metrics, train_names in (("all", {"loss", "acc", "f1", "precision", "recall", "auroc"}),
+                                       (["auroc", "f1"], {"f1", "auroc"})):
+        cfg.model.train_metrics = train_metrics
+        model = build_model(cfg, dm)
+        assert model.metrics["train_metrics"].auroc is ("auroc" in train_names)
+        trainer = _trainer(tmp_path, enable_checkpointing=False)
+        trainer.fit(model, datamodule=dm)
+        logged = set(trainer.logged_metrics)
+        assert {n.split("/", 1)[1] for n in logged if n.startswith("train/")} == train_names
+        assert logged == set(logged_names(train_metrics)) - {f"test/{m}" for m in PER_SPLIT}
+    assert set(logged_names("all")) == set(METRIC_NAMES)
+
+
+def test_default_training_split_keeps_no_rows_for_an_auroc(setup, tmp_path):
+    cfg, dm = setup
+    model = build_model(cfg, dm)
+    assert model.logged["train"] == ("loss", "acc")
+    train, val = model.metrics["train_metrics"], model.metrics["val_metrics"]
+    assert not train.auroc and not hasattr(train, "probs") and val.auroc
+    with pytest.raises(ValueError, match=r"model.train_metrics=\['loss', 'accuracy'\]: unknown 'accuracy'; "
+                                         r"expected all or a list of loss, acc, f1, precision, recall, auroc"):
+        cfg.model.train_metrics = ["loss", "accuracy"]
+        build_model(cfg, dm)
 
 
 def test_checkpoint_is_plain_data_and_rebuilds_the_model(setup, tmp_path):

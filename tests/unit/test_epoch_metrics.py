@@ -115,3 +115,27 @@ def test_compute_after_a_ddp_sync_gathered_the_states():
     synced.probs, synced.target = torch.cat(synced.probs), torch.cat(synced.target)
     for k, v in want.items():
         torch.testing.assert_close(synced.compute()[k], v)
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "class missing from the targets"])
+@pytest.mark.parametrize("values", [("loss", "acc"), ("acc", "f1", "recall"), ("loss", "precision")])
+def test_a_subset_of_values_equals_the_full_ones_and_keeps_no_rows(case, values):
+    """Without the AUROC (the training split's default is loss and acc): the same values as
+    the full metric, only those asked for, and no per-row state however many rows an epoch has."""
+    logits, target, losses, rows = batches(**CASES[case])
+    c = logits.shape[1]
+    full, lean = EpochClassification(c), EpochClassification(c, values)
+    for metric in (full, lean):
+        metric.update(logits[:60], target[:60], losses[:9], rows[:9])
+        metric.update(logits[60:], target[60:], losses[9:], rows[9:])
+    want, got = full.compute(), lean.compute()
+    assert set(got) == {*values, "confusion"}
+    for name, value in got.items():
+        assert torch.equal(value, want[name]), name
+    assert not hasattr(lean, "probs") and not hasattr(lean, "target")
+    assert sorted(lean._defaults) == ["confmat", "loss_sum", "rows"]
+
+
+def test_unknown_value_names_are_refused():
+    with pytest.raises(ValueError, match=r"unknown \['accuracy'\]; expected some of loss, acc, f1"):
+        EpochClassification(3, ("loss", "accuracy"))

@@ -41,6 +41,22 @@ def test_every_problem_is_reported_together(compose_cfg):
     assert len(info.value.problems) == 6
 
 
+def test_train_metrics_values_and_unlogged_train_metrics(compose_cfg):
+    validate_config(compose_cfg("model.train_metrics=all"))
+    validate_config(compose_cfg("model.train_metrics=[auroc,loss]", "monitor.metric=train/auroc"))
+    validate_config(compose_cfg("debug=overfit"))  # monitors train/loss, optimizes train/acc: both logged
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_cfg("model.train_metrics=[loss,accuracy]"))
+    assert ("model.train_metrics=['loss', 'accuracy']: expected all or a list of loss, acc, f1, precision, "
+            "recall, auroc. Fix: e.g. model.train_metrics=[loss,acc]") in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_cfg("monitor.metric=train/auroc", "optimized_metric=train/f1"))
+    msg = str(info.value)
+    assert ("monitor.metric='train/auroc' is not logged: model.train_metrics=['loss', 'acc'] leaves out auroc. "
+            "Fix: model.train_metrics=all (or add auroc to the list), or monitor.metric=val/auroc") in msg
+    assert "optimized_metric='train/f1' is not logged" in msg and len(info.value.problems) == 2
+
+
 def test_missing_required_value(compose_cfg):
     cfg = compose_cfg()
     with open_dict(cfg):

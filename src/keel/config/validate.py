@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from keel.errors import KeelError
-from keel.models.metric_names import METRIC_NAMES
+from keel.models.metric_names import METRIC_NAMES, PER_SPLIT, train_metric_set
 
 _MISSING = object()
 
@@ -167,6 +167,8 @@ RULES: tuple[Rule, ...] = (
     Rule("model.no_decay_bias_norm", _one_of(True, False), "true or false", "model.no_decay_bias_norm=true"),
     Rule("model.compile", _one_of(True, False), "true or false", "model.compile=true"),
     Rule("model.channels_last", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false", "model.channels_last=auto"),
+    Rule("model.train_metrics", lambda v: _train_metrics(v) is not None,
+         f"all or a list of {', '.join(PER_SPLIT)}", "model.train_metrics=[loss,acc]"),
     Rule("model.net.hidden", _ints_ge(1), "a non-empty list of layer widths >= 1", "model.net.hidden=[256,128]"),
     Rule("model.net.channels", _ints_ge(1), "a non-empty list of channel counts >= 1", "model.net.channels=[32,64]"),
     Rule("model.net.dropout", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "model.net.dropout=0.1"),
@@ -197,6 +199,34 @@ EXPORT_RULES: tuple[Rule, ...] = (
     Rule("quantize_int8", _one_of(True, False), "true or false", "quantize_int8=false", optional=False),
     *BUNDLE_RULES,
 )
+
+
+def _train_metrics(value: Any) -> tuple[str, ...] | None:
+    """``model.train_metrics`` as names, or None when it is not ``all`` or a list of metric names."""
+    if isinstance(value, ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    try:
+        return train_metric_set(value)
+    except ValueError:
+        return None
+
+
+def _unlogged_train_metric_problems(cfg: DictConfig) -> list[str]:
+    """A monitored or optimized ``train/`` metric that ``model.train_metrics`` leaves out."""
+    value = _select(cfg, "model.train_metrics")
+    chosen = _train_metrics(value) if value is not _MISSING else None
+    if chosen is None:
+        return []
+    problems = []
+    for key in ("monitor.metric", "optimized_metric", "scheduler.monitor"):
+        name = _select(cfg, key)
+        if isinstance(name, str) and name.startswith("train/") and name[len("train/"):] not in chosen:
+            metric = name[len("train/"):]
+            problems.append(
+                f"{key}={name!r} is not logged: model.train_metrics={list(chosen)} leaves out {metric}."
+                f" Fix: model.train_metrics=all (or add {metric} to the list), or {key}=val/{metric}"
+            )
+    return problems
 
 
 def _select(cfg: DictConfig, path: str) -> Any:
@@ -325,6 +355,7 @@ def validate_config(cfg: DictConfig) -> None:
                 f"data.drift.{kind}_warn={warn:g} > data.drift.{kind}_alert={alert:g}: expected warn <= alert."
                 f" Fix: e.g. data.drift.{kind}_warn={alert:g}"
             )
+    problems += _unlogged_train_metric_problems(cfg)
     if str(_select(cfg, "model.net._target_")).endswith(".CNN") and _select(cfg, "model.net.norm") == "layer":
         problems.append("model.net.norm='layer' with model=cnn: expected batch or none. Fix: model.net.norm=batch")
     problems += _file_problems(cfg)

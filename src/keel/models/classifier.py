@@ -16,7 +16,7 @@ from torchmetrics import MaxMetric, MinMetric
 
 from keel.hook_dispatch import CheapHookNames
 from keel.models.epoch_metrics import EpochClassification
-from keel.models.metric_names import PER_SPLIT, SPLITS
+from keel.models.metric_names import PER_SPLIT, SPLITS, TRAIN_DEFAULT, train_metric_set
 from keel.models.nets.preprocess import build_preprocess
 from keel.optim import align_state_layout, build_optimizer, build_scheduler, param_groups
 
@@ -79,9 +79,12 @@ class Classifier(CheapHookNames, L.LightningModule):
         contract: the data contract (plain data), stored with every checkpoint.
         reference: the train split's drift reference statistics (plain data), stored with
             every checkpoint so that new data can be compared with it (``keel drift``).
+        train_metrics: what the training split logs: a list of ``loss, acc, f1, precision,
+            recall, auroc`` or ``"all"`` (default ``[loss, acc]``).
 
-    Logged metrics (epoch level, synced across DDP ranks): ``{train,val,test}/{loss,acc,f1,
-    precision,recall,auroc}`` and the best-so-far ``val/acc_best``, ``val/f1_best``, ``val/loss_best``.
+    Logged metrics (epoch level, synced across DDP ranks): ``{val,test}/{loss,acc,f1,precision,
+    recall,auroc}``, ``train/`` + each of ``train_metrics`` and the best-so-far ``val/acc_best``,
+    ``val/f1_best``, ``val/loss_best``.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Classifier(CheapHookNames, L.LightningModule):
         compile: bool = False,
         reference: Mapping[str, Any] | None = None,
         channels_last: bool | str = "auto",
+        train_metrics: str | Sequence[str] | None = TRAIN_DEFAULT,
     ) -> None:
         super().__init__()
         # logger=False: keel writes the HParams entry itself at the end, with final metrics.
@@ -115,8 +119,13 @@ class Classifier(CheapHookNames, L.LightningModule):
         self.label_smoothing = float(loss.get("label_smoothing", 0.0))
         # Loss, acc, macro f1/precision/recall, exact macro AUROC and the confusion matrix of each
         # split, from one update per epoch (keel.models.epoch_metrics; equal to torchmetrics' own).
-        # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
-        self.metrics = nn.ModuleDict({f"{s}_metrics": EpochClassification(num_classes) for s in SPLITS})
+        # The training split logs model.train_metrics (default loss and acc); without its AUROC
+        # the training rows' probabilities are not kept. ModuleDict keys cannot be "train"
+        # (nn.Module.train), hence the suffix.
+        self.logged = {s: train_metric_set(train_metrics) if s == "train" else PER_SPLIT for s in SPLITS}
+        self.metrics = nn.ModuleDict({
+            f"{s}_metrics": EpochClassification(num_classes, self.logged[s]) for s in SPLITS
+        })
         self.best = nn.ModuleDict({"acc": MaxMetric(), "f1": MaxMetric(), "loss": MinMetric()})
         for metric in self.best.values():
             metric.persistent(True)  # best-so-far survives a resume from checkpoint
@@ -200,7 +209,7 @@ class Classifier(CheapHookNames, L.LightningModule):
         if split != "train":
             self.confusion[split] = confusion.tolist()
         # values are already reduced; sync_dist=True is a no-op average that tells Lightning so
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=True)
+        self.log_dict({f"{split}/{k}": values[k] for k in self.logged[split]}, sync_dist=True)
         return values
 
     def on_train_epoch_end(self) -> None:
@@ -243,7 +252,7 @@ class Classifier(CheapHookNames, L.LightningModule):
             "reference": dict(self.hparams.reference or {}),
             # the run's resolved config (set by keel.pipeline): export rebuilds the data from it
             "config": getattr(self, "run_config", None),
-            "metric_names": [f"{s}/{m}" for s in SPLITS for m in PER_SPLIT],
+            "metric_names": [f"{s}/{m}" for s in SPLITS for m in self.logged[s]],
         }
 
 

@@ -15,6 +15,8 @@ gathered), so ``compute()`` returns the whole job's values on every rank.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -37,21 +39,22 @@ def _macro(score: Tensor, present: Tensor) -> Tensor:
     return _safe_divide((score * weights).sum(), weights.sum())
 
 
-def confusion_scores(confmat: Tensor) -> dict[str, Tensor]:
+def confusion_scores(confmat: Tensor, macro: bool = True) -> dict[str, Tensor]:
     """Micro accuracy and macro F1, precision and recall of a confusion matrix (rows: targets,
     columns: predictions), as torchmetrics computes them (``average="micro"`` accuracy,
-    ``average="macro"`` others, ``zero_division=0``)."""
+    ``average="macro"`` others, ``zero_division=0``); with ``macro=False`` the accuracy only."""
     cm = confmat.to(torch.float64)
     tp = cm.diagonal()
+    scores = {"acc": _safe_divide(tp.sum(), cm.sum())}
+    if not macro:
+        return scores
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp
     present = (tp + fp + fn) > 0
-    return {
-        "acc": _safe_divide(tp.sum(), cm.sum()),
-        "f1": _macro(_safe_divide(2 * tp, 2 * tp + fp + fn), present),
-        "precision": _macro(_safe_divide(tp, tp + fp), present),
-        "recall": _macro(_safe_divide(tp, tp + fn), present),
-    }
+    scores["f1"] = _macro(_safe_divide(2 * tp, 2 * tp + fp + fn), present)
+    scores["precision"] = _macro(_safe_divide(tp, tp + fp), present)
+    scores["recall"] = _macro(_safe_divide(tp, tp + fn), present)
+    return scores
 
 
 def macro_auroc(probs: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -103,25 +106,34 @@ class EpochClassification(Metric):
 
     ``update(logits, target, losses, rows)``: the epoch's logits ``(N, C)`` and targets ``(N,)``,
     the mean loss of each batch and the batch's row count (the loss is weighted by rows).
-    ``compute()``: ``{"loss", "acc", "f1", "precision", "recall", "auroc"}`` float32 scalars
-    and ``"confusion"`` (``(C, C)`` counts, rows: targets).
+    ``compute()``: the ``values`` asked for (default all of ``"loss", "acc", "f1",
+    "precision", "recall", "auroc"``) as float32 scalars and ``"confusion"`` (``(C, C)``
+    counts, rows: targets). Without ``"auroc"`` the epoch's probabilities and targets are not
+    kept: the state is the confusion matrix and two sums, whatever the number of rows.
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, values: Sequence[str] = VALUES) -> None:
         super().__init__()
+        unknown = sorted(set(values) - set(VALUES))
+        if unknown:
+            raise ValueError(f"EpochClassification values: unknown {unknown}; expected some of {', '.join(VALUES)}")
         self.num_classes = int(num_classes)
+        self.values = tuple(v for v in VALUES if v in values)
+        self.auroc = "auroc" in self.values
+        self._macro = any(v in self.values for v in ("f1", "precision", "recall"))
         c = self.num_classes
         self.add_state("confmat", torch.zeros(c, c, dtype=torch.long), dist_reduce_fx="sum")
         # float32 like torchmetrics' MeanMetric (MPS has no float64); counts are exact below 2**24 rows
         # per batch and the sums are of per-batch means times rows
         self.add_state("loss_sum", torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("rows", torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
-        self.add_state("probs", [], dist_reduce_fx="cat")
-        self.add_state("target", [], dist_reduce_fx="cat")
+        if self.auroc:
+            self.add_state("probs", [], dist_reduce_fx="cat")
+            self.add_state("target", [], dist_reduce_fx="cat")
 
     def update(self, logits: Tensor, target: Tensor, losses: Tensor, rows: Tensor) -> None:  # type: ignore[override]
         c = self.num_classes
@@ -132,18 +144,20 @@ class EpochClassification(Metric):
         rows = rows.to(self.rows.dtype)
         self.loss_sum += (losses.to(self.loss_sum.dtype) * rows).sum()
         self.rows += rows.sum()
-        self.probs.append(probs)
-        self.target.append(target)
+        if self.auroc:
+            self.probs.append(probs)
+            self.target.append(target)
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
         confmat = _float64_capable(self.confmat)
-        values = confusion_scores(confmat)
-        # lists of per-update tensors; one tensor after a DDP sync (torchmetrics gathers them)
-        probs = _float64_capable(_cat(self.probs, torch.zeros(0, self.num_classes, device=confmat.device)))
-        target = _float64_capable(_cat(self.target, torch.zeros(0, dtype=torch.long, device=confmat.device)))
-        values["auroc"] = macro_auroc(probs, target, self.num_classes)
+        values = confusion_scores(confmat, macro=self._macro)
+        if self.auroc:
+            # lists of per-update tensors; one tensor after a DDP sync (torchmetrics gathers them)
+            probs = _float64_capable(_cat(self.probs, torch.zeros(0, self.num_classes, device=confmat.device)))
+            target = _float64_capable(_cat(self.target, torch.zeros(0, dtype=torch.long, device=confmat.device)))
+            values["auroc"] = macro_auroc(probs, target, self.num_classes)
         values["loss"] = _safe_divide(self.loss_sum, self.rows)
-        out = {k: values[k].to(torch.float32) for k in VALUES}
+        out = {k: values[k].to(torch.float32) for k in self.values}
         out["confusion"] = confmat.clone()
         return out
 

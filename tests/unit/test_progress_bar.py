@@ -1,4 +1,4 @@
-"""keel's progress bar: the states Lightning's TQDM bar shows, each drawn once."""
+"""keel's progress bar: the states Lightning's TQDM bar shows, each drawn once, at most every min_interval."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _states(frames: list[str]) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("refresh_rate", [1, 10])
 def test_same_states_and_postfix_as_lightning_with_fewer_redraws(refresh_rate):
-    ours, theirs = _draw(ProgressBar(refresh_rate)), _draw(TQDMProgressBar(refresh_rate))
+    ours, theirs = _draw(ProgressBar(refresh_rate, min_interval=0)), _draw(TQDMProgressBar(refresh_rate))
     # Lightning's epoch start also draws the reset bar under the previous epoch's name
     # ("Epoch 0: 0/23" before "Epoch 1: 0/23"); keel's sets the name first and draws once
     states = _states(theirs)
@@ -68,3 +68,19 @@ def test_same_states_and_postfix_as_lightning_with_fewer_redraws(refresh_rate):
     assert train(ours) < train(theirs)
     updates = 3 * (23 // refresh_rate + (23 % refresh_rate > 0))
     assert train(ours) <= 3 * 2 + updates + 3 * 2  # epoch start, updates, epoch end and validation end
+
+
+def test_min_interval_skips_draws_but_every_epoch_ends_drawn():
+    """With an hour between draws, the training bar draws its first frame, then only the skipped
+    state before each validation and at each epoch end: every epoch's last frame is complete."""
+    frames = _draw(ProgressBar(1, min_interval=3600))
+    train = [f for f in frames if f.startswith("Epoch ")]
+    assert len(train) <= 1 + 3 * 2  # vs 76 frames at min_interval=0 (test above)
+    for epoch in range(3):
+        last = [f for f in train if f.startswith(f"Epoch {epoch}:")][-1]
+        assert re.search(r"23/23 .*loss=[\d.]+, val_loss=[\d.]+\]", last), last
+
+
+def test_min_interval_is_checked():
+    with pytest.raises(ValueError, match=r"callbacks.progress_bar.min_interval=-1: expected seconds >= 0"):
+        ProgressBar(min_interval=-1)

@@ -74,6 +74,8 @@ def test_missing_required_value(compose_cfg):
         (["trainer.devices=0"], r"trainer.devices=0: expected an integer >= 1, 'auto'"),
         (["model.loss.class_weights=[1,-2]"], r"model.loss.class_weights=\[1, -2\]: expected null, 'balanced'"),
         (["model.loss.label_smoothing=1.5"], r"model.loss.label_smoothing=1.5: expected a number in \[0, 1\)"),
+        (["callbacks.progress_bar.min_interval=-1"], r"callbacks.progress_bar.min_interval=-1: expected seconds >= 0"),
+        (["callbacks.progress_bar.refresh_rate=-1"], r"callbacks.progress_bar.refresh_rate=-1: expected an integer >= 0"),
         (["optimized_metric=val/nope"], r"optimized_metric='val/nope': expected null or a logged metric"),
         (["data.val_fraction=0"], r"data.val_fraction=0: expected a fraction in \(0, 1\)"),
         (["optimizer.fused=yes"], r"optimizer.fused='yes': expected auto, true or false. Fix: e.g. optimizer.fused=auto"),

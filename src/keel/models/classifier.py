@@ -188,7 +188,7 @@ class Classifier(CheapHookNames, L.LightningModule):
         logits = torch.cat([o[0] for o in outputs])
         y = torch.cat([o[1] for o in outputs])
         losses = torch.stack([o[2] for o in outputs])
-        rows = torch.tensor([len(o[1]) for o in outputs], dtype=torch.float32, device=losses.device)
+        rows = torch.tensor([o[1].shape[0] for o in outputs], dtype=torch.float32, device=losses.device)
         self.metrics[f"{split}_metrics"].update(logits, y, losses, rows)
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -70,15 +70,16 @@ def test_same_states_and_postfix_as_lightning_with_fewer_redraws(refresh_rate):
     assert train(ours) <= 3 * 2 + updates + 3 * 2  # epoch start, updates, epoch end and validation end
 
 
-def test_min_interval_skips_draws_but_every_epoch_ends_drawn():
-    """With an hour between draws, the training bar draws its first frame, then only the skipped
-    state before each validation and at each epoch end: every epoch's last frame is complete."""
+def test_min_interval_skips_draws_but_every_epoch_starts_and_ends_drawn():
+    """With an hour between draws, the training bar draws each epoch's start, then only the
+    skipped state before each validation and at each epoch end: every epoch's last frame is complete."""
     frames = _draw(ProgressBar(1, min_interval=3600))
     train = [f for f in frames if f.startswith("Epoch ")]
-    assert len(train) <= 1 + 3 * 2  # vs 76 frames at min_interval=0 (test above)
+    assert len(train) <= 3 * 3 + 1  # vs 76 frames at min_interval=0 (test above); +1: the bar's close
     for epoch in range(3):
-        last = [f for f in train if f.startswith(f"Epoch {epoch}:")][-1]
-        assert re.search(r"23/23 .*loss=[\d.]+, val_loss=[\d.]+\]", last), last
+        shown = [f for f in train if f.startswith(f"Epoch {epoch}:")]
+        assert re.search(r" 0/23 ", shown[0]), shown[0]  # the new epoch, not the last one's 100%
+        assert re.search(r"23/23 .*loss=[\d.]+, val_loss=[\d.]+\]", shown[-1]), shown[-1]
 
 
 def test_min_interval_is_checked():

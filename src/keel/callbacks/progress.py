@@ -35,8 +35,12 @@ class ThrottledTqdm(Tqdm):
     def flush(self) -> None:
         """Draw the current state if a draw was skipped since the last one."""
         if self.pending and not self.disable:
-            self._drawn_at = -math.inf
+            self.unthrottle()
             self.refresh()
+
+    def unthrottle(self) -> None:
+        """Let the next ``refresh()`` draw however soon it comes."""
+        self._drawn_at = -math.inf
 
 
 def _redraw_if_changed(bar: Any, metrics: dict[str, Any]) -> None:
@@ -59,9 +63,10 @@ class ProgressBar(TQDMProgressBar):
 
     Here each update of the training bar is one redraw (the postfix and the name are set
     without drawing and shown by the draw that follows), the epoch end redraws only if its
-    metrics differ from those on screen, and the training bar draws at most every
-    ``min_interval`` seconds (tqdm's default ``mininterval``, 0.1 s): a skipped draw is made
-    at the epoch end and before validation, so the bar never stays behind while nothing moves.
+    metrics differ from those on screen, and the training bar's updates draw at most every
+    ``min_interval`` seconds (tqdm's default ``mininterval``, 0.1 s): each epoch's start is
+    drawn, and a skipped draw is made at the epoch end and before validation, so the bar never
+    stays behind while nothing moves.
     ``min_interval=0`` draws every ``refresh_rate`` batches as Lightning does.
 
     Args:
@@ -105,6 +110,8 @@ class ProgressBar(TQDMProgressBar):
         bar.set_description(f"Epoch {trainer.current_epoch}", refresh=False)
         bar.initial = 0
         bar.total = convert_inf(self.total_train_batches)  # None for a loader of unknown length
+        if isinstance(bar, ThrottledTqdm):
+            bar.unthrottle()  # a new epoch is always shown, however soon after the last draw
         bar.reset()  # the one redraw
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: STEP_OUTPUT,

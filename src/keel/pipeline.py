@@ -197,7 +197,9 @@ def _finished_result(cfg: DictConfig, output_dir: Path, announce: bool = True) -
     stored = record.get("config")
     if stored is not None:
         current = OmegaConf.to_container(cfg, resolve=True)
-        diffs = config_differences(stored, current, ignore=(*RESUME_KEYS, "paths", "callbacks.progress_bar"))
+        # what is logged or drawn does not change what was trained: a finished run stays finished
+        diffs = config_differences(stored, current, ignore=(*RESUME_KEYS, "paths", "callbacks.progress_bar",
+                                                            "model.train_metrics"))
         if diffs:
             log.info("ckpt_path=auto: %s finished with another config (%s); continuing it from its newest checkpoint",
                      output_dir, "; ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else ""))

@@ -130,6 +130,25 @@ def replay_overrides(overrides: list[str], run_dir: Path) -> list[str]:
     return kept
 
 
+def _logging_pins(record: dict | None, overrides: list[str]) -> list[str]:
+    """Overrides that make the replay log what the run logged where a default has changed since.
+
+    Runs recorded before ``model.train_metrics`` existed logged all six training metrics; the
+    default is now loss and acc. The replay is pinned to the training metrics the run recorded,
+    so that a logging default does not read as a difference.
+    """
+    model = ((record or {}).get("config") or {}).get("model")
+    if not isinstance(model, dict) or "train_metrics" in model:
+        return []
+    if any(override_key(o) == "model.train_metrics" for o in overrides):
+        return []
+    from keel.models.metric_names import PER_SPLIT
+
+    recorded = set((record or {}).get("metrics") or {})
+    train = [m for m in PER_SPLIT if f"train/{m}" in recorded]
+    return [f"++model.train_metrics=[{','.join(train)}]"] if train else []
+
+
 def plan_replay(run_dir: str | Path, new_dir: str | Path | None = None, python: str | None = None) -> ReplayPlan:
     """Read the run's record and build the command that replays it.
 
@@ -167,7 +186,8 @@ def plan_replay(run_dir: str | Path, new_dir: str | Path | None = None, python: 
     new_dir = Path(new_dir).resolve() if new_dir else run_dir / "replays" / time.strftime("%Y-%m-%d_%H-%M-%S")
     if (new_dir / "run.json").exists() or (new_dir / "metrics.json").exists():
         raise ReplayError(f"{new_dir}: already holds a run. Fix: --output-dir NEW_DIR")
-    args = [*replay_overrides(list(overrides), run_dir), f"run_dir={_quote(str(new_dir))}"]
+    args = [*replay_overrides(list(overrides), run_dir), *_logging_pins(record, overrides),
+            f"run_dir={_quote(str(new_dir))}"]
     return ReplayPlan(
         run_dir=run_dir,
         new_dir=new_dir,

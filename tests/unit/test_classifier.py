@@ -67,6 +67,11 @@ def test_default_training_split_keeps_no_rows_for_an_auroc(setup, tmp_path):
     assert model.logged["train"] == ("loss", "acc")
     train, val = model.metrics["train_metrics"], model.metrics["val_metrics"]
     assert not train.auroc and not hasattr(train, "probs") and val.auroc
+    x, y = next(iter(dm.train_dataloader()))
+    model.training_step((x, y), 0)
+    model.validation_step((x, y), 0)
+    assert model._outputs["train"][0][0].shape == (len(y),)  # predicted classes, not N x classes logits
+    assert model._outputs["val"][0][0].shape == (len(y), 10)
     with pytest.raises(ValueError, match=r"model.train_metrics=\['loss', 'accuracy'\]: unknown 'accuracy'; "
                                          r"expected all or a list of loss, acc, f1, precision, recall, auroc"):
         cfg.model.train_metrics = ["loss", "accuracy"]

@@ -124,16 +124,26 @@ def test_a_subset_of_values_equals_the_full_ones_and_keeps_no_rows(case, values)
     the full metric, only those asked for, and no per-row state however many rows an epoch has."""
     logits, target, losses, rows = batches(**CASES[case])
     c = logits.shape[1]
-    full, lean = EpochClassification(c), EpochClassification(c, values)
+    full, lean, from_pred = EpochClassification(c), EpochClassification(c, values), EpochClassification(c, values)
     for metric in (full, lean):
         metric.update(logits[:60], target[:60], losses[:9], rows[:9])
         metric.update(logits[60:], target[60:], losses[9:], rows[9:])
+    pred = logits.argmax(1)  # what the Classifier keeps per step for such a split
+    from_pred.update(pred[:60], target[:60], losses[:9], rows[:9])
+    from_pred.update(pred[60:], target[60:], losses[9:], rows[9:])
     want, got = full.compute(), lean.compute()
     assert set(got) == {*values, "confusion"}
     for name, value in got.items():
         assert torch.equal(value, want[name]), name
+        assert torch.equal(from_pred.compute()[name], want[name]), name
     assert not hasattr(lean, "probs") and not hasattr(lean, "target")
     assert sorted(lean._defaults) == ["confmat", "loss_sum", "rows"]
+
+
+def test_predicted_classes_cannot_make_an_auroc():
+    with pytest.raises(ValueError, match=r"expected logits \(N, 3\), got shape \(4,\)"):
+        EpochClassification(3).update(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long),
+                                      torch.ones(1), torch.tensor([4.0]))
 
 
 def test_unknown_value_names_are_refused():

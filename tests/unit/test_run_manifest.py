@@ -319,6 +319,24 @@ def test_replay_overrides_drop_what_continued_the_run(tmp_path):
     assert replay_overrides([f"ckpt_path={other}"], run) == [f"ckpt_path={other}"]
 
 
+def test_replay_of_a_run_recorded_before_train_metrics_logs_what_it_logged(tmp_path):
+    """Such runs logged all six training metrics; the default is now loss and acc."""
+    run = tmp_path / "run"
+    run.mkdir()
+    old = {"train/loss": 0.1, "train/acc": 0.9, "train/f1": 0.9, "train/auroc": 0.99, "val/acc": 0.9}
+    record = {"status": "finished", "metrics": old, "overrides": ["seed=3"], "command": ["train.py", "seed=3"],
+              "cwd": str(ROOT), "config": {"seed": 3, "model": {"compile": False}}}
+    write_json_atomic(run / "run.json", record)
+    assert "++model.train_metrics=[loss,acc,f1,auroc]" in plan_replay(run).command
+    record["config"]["model"]["train_metrics"] = ["loss", "acc"]  # a run that had the setting: nothing pinned
+    write_json_atomic(run / "run.json", record)
+    assert not any("train_metrics" in a for a in plan_replay(run).command)
+    record["config"]["model"].pop("train_metrics")
+    record["overrides"] = ["seed=3", "model.train_metrics=all"]  # set on its command line: kept as it was
+    write_json_atomic(run / "run.json", record)
+    assert [a for a in plan_replay(run).command if "train_metrics" in a] == ["model.train_metrics=all"]
+
+
 def _recorded_run(tmp_path: Path, metrics: dict, status: str = "finished") -> Path:
     run = tmp_path / "run"
     run.mkdir()

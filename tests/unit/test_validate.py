@@ -55,6 +55,16 @@ def test_train_metrics_values_and_unlogged_train_metrics(compose_cfg):
     assert ("monitor.metric='train/auroc' is not logged: model.train_metrics=['loss', 'acc'] leaves out auroc. "
             "Fix: model.train_metrics=all (or add auroc to the list), or monitor.metric=val/auroc") in msg
     assert "optimized_metric='train/f1' is not logged" in msg and len(info.value.problems) == 2
+    # scheduler=plateau monitors ${monitor.metric}: one problem, not two
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_cfg("scheduler=plateau", "monitor.metric=train/recall"))
+    assert len(info.value.problems) == 1 and "monitor.metric='train/recall' is not logged" in str(info.value)
+    # a model config written before the setting existed gets the Classifier's default
+    cfg = compose_cfg("monitor.metric=train/auroc")
+    with open_dict(cfg):
+        del cfg.model["train_metrics"]
+    with pytest.raises(ConfigError, match=r"monitor.metric='train/auroc' is not logged: model.train_metrics="):
+        validate_config(cfg)
 
 
 def test_missing_required_value(compose_cfg):

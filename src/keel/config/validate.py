@@ -217,12 +217,17 @@ def _train_metrics(value: Any) -> tuple[str, ...] | None:
 def _unlogged_train_metric_problems(cfg: DictConfig) -> list[str]:
     """A monitored or optimized ``train/`` metric that ``model.train_metrics`` leaves out."""
     value = _select(cfg, "model.train_metrics")
-    chosen = _train_metrics(value) if value is not _MISSING else None
+    target = _select(cfg, "model._target_")
+    if value is _MISSING and target not in (_MISSING, "keel.models.Classifier", "keel.models.classifier.Classifier"):
+        return []  # another LightningModule: what it logs is its own
+    chosen = _train_metrics(None if value is _MISSING else value)  # absent: the Classifier's default
     if chosen is None:
-        return []
+        return []  # not a valid setting: its own rule reports it
     problems = []
     for key in ("monitor.metric", "optimized_metric", "scheduler.monitor"):
         name = _select(cfg, key)
+        if key == "scheduler.monitor" and name == _select(cfg, "monitor.metric"):
+            continue  # ${monitor.metric} (scheduler=plateau): reported once, for monitor.metric
         if isinstance(name, str) and name.startswith("train/") and name[len("train/"):] not in chosen:
             metric = name[len("train/"):]
             problems.append(

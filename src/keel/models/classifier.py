@@ -126,6 +126,7 @@ class Classifier(CheapHookNames, L.LightningModule):
         self.metrics = nn.ModuleDict({
             f"{s}_metrics": EpochClassification(num_classes, self.logged[s]) for s in SPLITS
         })
+        self._keep_logits = {s: "auroc" in self.logged[s] for s in SPLITS}
         self.best = nn.ModuleDict({"acc": MaxMetric(), "f1": MaxMetric(), "loss": MinMetric()})
         for metric in self.best.values():
             metric.persistent(True)  # best-so-far survives a resume from checkpoint
@@ -172,8 +173,11 @@ class Classifier(CheapHookNames, L.LightningModule):
         )
         # Kept on the device and fed to the metrics once per epoch (_update_metrics): five
         # torchmetrics updates and a softmax per step cost more than a small net's whole step.
-        # No host sync; the exact AUROC keeps every probability of the epoch anyway.
-        self._outputs[split].append((logits.detach(), y, loss.detach()))
+        # No host sync; the exact AUROC keeps every probability of the epoch anyway. A split
+        # without AUROC (the training split by default) keeps the predicted classes only: N
+        # integers, not N x classes floats.
+        kept = logits.detach() if self._keep_logits[split] else logits.detach().argmax(dim=1)
+        self._outputs[split].append((kept, y, loss.detach()))
         return loss
 
     def _update_metrics(self, split: str) -> None:

@@ -106,6 +106,8 @@ class EpochClassification(Metric):
 
     ``update(logits, target, losses, rows)``: the epoch's logits ``(N, C)`` and targets ``(N,)``,
     the mean loss of each batch and the batch's row count (the loss is weighted by rows).
+    Without ``"auroc"``, ``logits`` may instead be the predicted classes ``(N,)``
+    (``logits.argmax(1)``): all the other values need.
     ``compute()``: the ``values`` asked for (default all of ``"loss", "acc", "f1",
     "precision", "recall", "auroc"``) as float32 scalars and ``"confusion"`` (``(C, C)``
     counts, rows: targets). Without ``"auroc"`` the epoch's probabilities and targets are not
@@ -139,10 +141,15 @@ class EpochClassification(Metric):
         c = self.num_classes
         target = target.long()
         if self.auroc:
+            if logits.ndim != 2:
+                raise ValueError(f"EpochClassification with auroc: expected logits (N, {c}), got shape "
+                                 f"{tuple(logits.shape)}; predicted classes alone cannot rank an AUROC")
             probs = logits.float().softmax(dim=1)
             pred = probs.argmax(dim=1)  # on the probabilities, as torchmetrics does
             self.probs.append(probs)
             self.target.append(target)
+        elif logits.ndim == 1:  # predicted classes
+            pred = logits.long()
         else:
             # The same class as on the probabilities (softmax is monotonic; equal logits give
             # equal probabilities and argmax takes the first): CPU softmax over 10 classes costs

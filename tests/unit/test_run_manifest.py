@@ -274,6 +274,24 @@ def test_auto_resume_of_a_finished_run_trains_nothing_and_returns_its_objective(
     assert not (out / "checkpoints").exists() and not (out / "metrics.json").exists()
 
 
+def test_a_run_recorded_before_train_metrics_is_still_finished(compose_cfg, capsys):
+    """Its recorded config has no model.train_metrics: only logging differs, so it is not continued."""
+    from omegaconf import open_dict
+
+    from keel.pipeline import train
+
+    cfg = compose_cfg("ckpt_path=auto", "trainer.max_epochs=3")
+    out = Path(cfg.paths.output_dir)
+    older = compose_cfg("trainer.max_epochs=3", "model.train_metrics=all")
+    older.run_dir = str(out)
+    with open_dict(older):
+        del older.model["train_metrics"]
+    _finished_record(older, out, {"val/acc_best": 0.93, "test/acc": 0.91})
+    assert train(cfg) == 0.93
+    assert "run already finished (ckpt_path=auto)" in capsys.readouterr().out
+    assert not (out / "checkpoints").exists()
+
+
 def test_a_run_dir_holding_a_run_is_refused_without_ckpt_path(compose_cfg):
     from keel.pipeline import train
     from keel.run_manifest import RunStateError

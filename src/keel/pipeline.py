@@ -302,6 +302,10 @@ def train(cfg: DictConfig) -> float | None:
             raise SystemExit(128 + signal.SIGTERM) from e
         raise
     except BaseException as e:
+        if _is_pruned(e):  # an Optuna pruner stopped the trial: not a failure
+            if manifest is not None:
+                manifest.end("pruned", wall_time_s=time.time() - started, error=e)
+            raise
         explained = _explain_failure(e, output_dir)
         if manifest is not None:
             manifest.end("failed", wall_time_s=time.time() - started, error=explained or e)
@@ -310,6 +314,12 @@ def train(cfg: DictConfig) -> float | None:
         raise
     finally:
         _unlock_run_dir(output_dir)
+
+
+def _is_pruned(e: BaseException) -> bool:
+    """``optuna.TrialPruned`` (raised by keel's OptunaPruning callback), without importing optuna."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(e, optuna.TrialPruned)
 
 
 class WorkerDiedError(KeelError):

@@ -2,7 +2,7 @@
 
 ``<run dir>/run.json`` is written when a run starts (status ``running``), updated once the
 data is loaded (its fingerprint) and rewritten when the run ends (``finished``, ``failed``
-with the error, or ``interrupted``). A run killed with SIGKILL stays ``running``: nothing
+with the error, ``interrupted``, or ``pruned`` when a sweep's pruner stopped it). A run killed with SIGKILL stays ``running``: nothing
 can write after that signal. Every write goes to a temporary file in the same directory,
 is fsynced and renamed over the old one, so a reader sees the old record or the new one,
 never half of one.
@@ -34,7 +34,7 @@ log = logging.getLogger("keel")
 MANIFEST_NAME = "run.json"
 METRICS_NAME = "metrics.json"
 SCHEMA_VERSION = 1
-STATUSES = ("running", "finished", "failed", "interrupted")
+STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
 # `git diff HEAD` beyond this is cut (and marked): a run record, not a patch archive.
 GIT_DIFF_CAP_BYTES = 1_000_000
 PACKAGES = (
@@ -337,8 +337,9 @@ class RunManifest:
         error: BaseException | None = None,
         message: str | None = None,
     ) -> None:
-        """Record how the run ended: ``finished`` (with metrics), ``failed`` (with the error) or
-        ``interrupted``. ``message`` replaces the error's own text."""
+        """Record how the run ended: ``finished`` (with metrics), ``failed`` (with the error),
+        ``interrupted`` or ``pruned`` (a sweep's pruner stopped it). ``message`` replaces the
+        error's own text."""
         if status not in STATUSES:
             raise ValueError(f"status={status!r}: expected one of {STATUSES}")
         ended = now_utc()

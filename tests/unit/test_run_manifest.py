@@ -292,6 +292,25 @@ def test_a_run_recorded_before_train_metrics_is_still_finished(compose_cfg, caps
     assert not (out / "checkpoints").exists()
 
 
+def test_a_trial_stopped_by_its_pruner_is_recorded_as_pruned_not_failed(compose_cfg, monkeypatch):
+    import optuna
+
+    from keel.callbacks import NanGuard
+    from keel.pipeline import train
+
+    def prune(self, trainer, *args):
+        if trainer.global_step == 2:
+            raise optuna.TrialPruned("trial 3 pruned at epoch 0 (val/acc=0.1)")
+
+    monkeypatch.setattr(NanGuard, "on_train_batch_end", prune)
+    cfg = compose_cfg("trainer.max_epochs=2", "callbacks=training", "logger=none")
+    with pytest.raises(optuna.TrialPruned):
+        train(cfg)
+    record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())
+    assert record["status"] == "pruned" and record["attempts"][-1]["status"] == "pruned"
+    assert record["error"] == {"type": "TrialPruned", "message": "trial 3 pruned at epoch 0 (val/acc=0.1)"}
+
+
 def test_a_run_dir_holding_a_run_is_refused_without_ckpt_path(compose_cfg):
     from keel.pipeline import train
     from keel.run_manifest import RunStateError

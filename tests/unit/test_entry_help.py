@@ -79,3 +79,13 @@ def test_templates_that_need_the_composed_config_go_to_hydra(tmp_path):
     hydra_yaml = tmp_path / "conf" / "hydra" / "default.yaml"
     hydra_yaml.write_text(hydra_yaml.read_text().replace("$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS\n    $CONFIG"))
     assert fast_help(main, ["--help"]) is None
+
+
+def test_help_with_a_config_mistake_is_one_error_not_a_traceback():
+    """Hydra composes --help's config outside its error reporter; keel still reports the mistake."""
+    proc = subprocess.run([sys.executable, "train.py", "model=nope", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert ("error: invalid configuration (1 problem):\n  - model=nope: no option 'nope' in config group 'model'; "
+            "expected one of: cnn, mlp.") in proc.stderr

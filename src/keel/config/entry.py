@@ -73,6 +73,16 @@ def run_app(main: Callable[[], Any], argv: Sequence[str] | None = None) -> Any:
     JobReturn.return_value = property(held.value, hydra_value.fset)
     try:
         return main()
+    except Exception as e:
+        # Hydra composes the config for --help outside its reporter: a mistake there (an unknown
+        # group option, a bad override) would end in a raw traceback
+        if not any(a in ("--help", "-h", "--hydra-help") for a in args) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = user_error_message(e, args, script, task)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
     finally:
         hydra_utils.run_and_report = hydra_report
         JobReturn.return_value = hydra_value

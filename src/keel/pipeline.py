@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from keel.config.validate import validate_config
+from keel.config.validate import ConfigError, validate_config
 from keel.errors import KeelError
 
 log = logging.getLogger("keel")
@@ -136,6 +136,32 @@ def _lock_run_dir(output_dir: Path) -> None:
             "Fix: wait for it, stop it, or choose another run_dir"
         ) from None
     _RUN_LOCKS[key] = f
+
+
+# What a run directory holds when its command was refused before it ran: Hydra's record of the
+# command, its (empty) log and keel's lock file.
+_REFUSED_RUN_FILES = frozenset({".hydra", "train.log", ".keel.lock"})
+
+
+def _discard_refused_run_dir(output_dir: Path) -> None:
+    """Remove the run directory Hydra made for a command that was refused before it ran (a config
+    or machine problem, exit 2), so that typos do not leave empty runs behind. Only a directory
+    holding nothing but ``_REFUSED_RUN_FILES`` goes: a directory with a run in it stays, with its
+    own record put back in ``.hydra/`` (Hydra rewrote it for the refused command)."""
+    if not _is_launcher():
+        return
+    try:
+        names = {p.name for p in output_dir.iterdir()}
+    except OSError:  # not there (the Compose API makes no run directory)
+        return
+    if names <= _REFUSED_RUN_FILES:
+        import shutil
+
+        shutil.rmtree(output_dir, ignore_errors=True)
+        return
+    from keel.run_manifest import run_status
+
+    _restore_hydra_record(run_status(output_dir)[1])
 
 
 def _unlock_run_dir(output_dir: Path) -> None:
@@ -257,7 +283,11 @@ def train(cfg: DictConfig) -> float | None:
     auto = cfg.ckpt_path == "auto"
     if auto:
         cfg.ckpt_path = None  # checked as "no checkpoint", resolved below
-    validate_config(cfg)
+    try:
+        validate_config(cfg)
+    except ConfigError:
+        _discard_refused_run_dir(output_dir)
+        raise
     launcher = _is_launcher()
     if launcher:
         _lock_run_dir(output_dir)
@@ -280,7 +310,12 @@ def train(cfg: DictConfig) -> float | None:
 
     from keel.config.machine import check_machine
 
-    check_machine(cfg)
+    try:
+        check_machine(cfg)
+    except ConfigError:
+        _unlock_run_dir(output_dir)
+        _discard_refused_run_dir(output_dir)
+        raise
 
     manifest = None
     if launcher:

@@ -186,3 +186,18 @@ def test_contract_violation_stops_before_training(tmp_path):
     assert "error: data contract 'digits' violated" in proc.stderr
     assert proc.stderr.count("range on x") == 3 and "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_refused_command_leaves_no_run_directory_and_no_trace_on_a_run(tmp_path):
+    """Exit 2 before anything ran: the directory Hydra made for it is removed; a run_dir holding a
+    run keeps that run's own record in .hydra/ (Hydra had rewritten it for the refused command)."""
+    proc = _train_py(tmp_path, "optimizer.lr=-1")
+    assert proc.returncode == 2 and "optimizer.lr=-1: expected a number > 0" in proc.stderr
+    assert list((tmp_path / "train" / "runs").iterdir()) == []
+    run = tmp_path / "run"
+    done = _train_py(tmp_path, "debug=fast", "logger=none", "callbacks=training", f"run_dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    recorded = (run / ".hydra" / "overrides.yaml").read_text()
+    proc = _train_py(tmp_path, "optimizer.lr=-1", f"run_dir={run}")
+    assert proc.returncode == 2
+    assert (run / ".hydra" / "overrides.yaml").read_text() == recorded and (run / "metrics.json").is_file()

@@ -318,6 +318,28 @@ def test_a_key_added_with_plus_that_the_class_does_not_take_is_a_config_error():
     )
 
 
+def test_unknown_trainer_keys_are_refused_before_lightning_is_imported(compose_cfg):
+    from keel.config.validate import lightning_trainer_arguments
+
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_cfg("+trainer.max_epoch=3", "+trainer.foo=1"))
+    assert info.value.problems == [
+        "trainer.max_epoch: not an argument of Lightning's Trainer. Fix: trainer.max_epochs=... "
+        "(`python train.py --cfg job` shows the composed config)",
+        "trainer.foo: not an argument of Lightning's Trainer. Fix: remove +trainer.foo "
+        "(`python train.py --cfg job` shows the composed config)",
+    ]
+    # read from Lightning's source without importing it: the same names its signature has
+    import inspect
+
+    import lightning
+
+    assert lightning_trainer_arguments() == set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    for group in ("default", "cpu", "gpu", "ddp", "fsdp"):  # every trainer config only uses real arguments
+        cfg = compose_cfg(f"trainer={group}")
+        assert set(cfg.trainer) - {"_target_"} <= lightning_trainer_arguments(), group
+
+
 def test_keel_errors_pass_through_and_crashes_are_left_to_hydra():
     assert user_error_message(ConfigError(["seed=-1: expected an integer >= 0"]), []).startswith("invalid configuration")
     assert user_error_message(RuntimeError("training crashed"), []) is None

@@ -6,6 +6,8 @@ allowed and an override that fixes it (the style of torchtune's ``config/_valida
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -237,6 +239,55 @@ def _unlogged_train_metric_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+_LIGHTNING_TRAINERS = ("lightning.pytorch.Trainer", "lightning.Trainer", "lightning.pytorch.trainer.trainer.Trainer",
+                       "lightning.pytorch.trainer.Trainer")
+_HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+
+
+@functools.lru_cache(maxsize=1)
+def lightning_trainer_arguments() -> frozenset[str] | None:
+    """The parameter names of Lightning's ``Trainer.__init__``, read from its source with ``ast``
+    (importing Lightning takes ~2 s); None when the source cannot be found or read."""
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("lightning")  # top level: finds it without importing it
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        tree = ast.parse((Path(locations[0]) / "pytorch" / "trainer" / "trainer.py").read_text())
+    except (ImportError, IndexError, OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    a = item.args
+                    if a.kwarg is not None:  # **kwargs: any key is taken
+                        return None
+                    return frozenset(x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs) if x.arg != "self")
+    return None
+
+
+def _trainer_key_problems(cfg: DictConfig) -> list[str]:
+    """Keys under ``trainer`` that Lightning's Trainer does not take (``+trainer.max_epoch=3``),
+    caught here rather than after the imports and the data setup."""
+    trainer = _select(cfg, "trainer")
+    if not isinstance(trainer, DictConfig) or _select(cfg, "trainer._target_") not in _LIGHTNING_TRAINERS:
+        return []
+    known = lightning_trainer_arguments()
+    if known is None:
+        return []
+    problems = []
+    for key in trainer:
+        if key in known or key in _HYDRA_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hint = f"trainer.{close[0]}=..." if close else f"remove +trainer.{key}"
+        problems.append(f"trainer.{key}: not an argument of Lightning's Trainer. Fix: {hint} "
+                        "(`python train.py --cfg job` shows the composed config)")
+    return problems
+
+
 def _select(cfg: DictConfig, path: str) -> Any:
     return OmegaConf.select(cfg, path, default=_MISSING, throw_on_missing=False)
 
@@ -343,6 +394,7 @@ def validate_config(cfg: DictConfig) -> None:
     if problems:
         raise ConfigError(problems)
     problems = _rule_problems(cfg, RULES)
+    problems += _trainer_key_problems(cfg)
 
     val_f = _select(cfg, "data.val_fraction")
     test_f = _select(cfg, "data.test_fraction")

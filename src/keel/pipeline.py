@@ -147,8 +147,12 @@ def _discard_refused_run_dir(output_dir: Path) -> None:
     """Remove the run directory Hydra made for a command that was refused before it ran (a config
     or machine problem, exit 2), so that typos do not leave empty runs behind. Only a directory
     holding nothing but ``_REFUSED_RUN_FILES`` goes: a directory with a run in it stays, with its
-    own record put back in ``.hydra/`` (Hydra rewrote it for the refused command)."""
-    if not _is_launcher():
+    own record put back in ``.hydra/`` (Hydra rewrote it for the refused command). A sweep's job
+    directory stays: it is the sweep's record of that job (``keel sweep report`` lists it)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not _is_launcher() or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return
     try:
         names = {p.name for p in output_dir.iterdir()}

@@ -260,6 +260,25 @@ def _auto_resume(output_dir: Path) -> str | None:
     return str(ckpt)
 
 
+def _requeued_job(cfg: DictConfig, output_dir: Path) -> bool:
+    """Whether this is a submitit job started again in a run directory that already holds its run.
+
+    On preemption or timeout, hydra-submitit-launcher requeues the job with the same overrides
+    (``ckpt_path`` not among them), in the same job directory; keel's signal handler left a
+    resumable ``last.ckpt`` there. Such a job continues its run as ``ckpt_path=auto`` would
+    (a finished one is reported, not trained again) instead of being refused."""
+    if not os.environ.get("SUBMITIT_EXECUTOR") or cfg.ckpt_path not in (None, ""):
+        return False
+    from keel.run_manifest import run_status
+
+    status, _ = run_status(output_dir)
+    if status is None:
+        return False
+    log.info("submitit started this job again in %s (run status %r): continuing it as with ckpt_path=auto",
+             output_dir, status)
+    return True
+
+
 def _task_overrides() -> list[str] | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -284,7 +303,7 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     if "run_dir" in cfg:
         cfg.run_dir = str(output_dir)  # the directory this run really writes (sweeps: the job's)
-    auto = cfg.ckpt_path == "auto"
+    auto = cfg.ckpt_path == "auto" or _requeued_job(cfg, output_dir)
     if auto:
         cfg.ckpt_path = None  # checked as "no checkpoint", resolved below
     try:

@@ -311,6 +311,28 @@ def test_a_trial_stopped_by_its_pruner_is_recorded_as_pruned_not_failed(compose_
     assert record["error"] == {"type": "TrialPruned", "message": "trial 3 pruned at epoch 0 (val/acc=0.1)"}
 
 
+def test_a_job_submitit_starts_again_continues_its_run(compose_cfg, monkeypatch):
+    """hydra-submitit-launcher requeues a preempted job with the same overrides in the same job
+    directory: the job continues from its last checkpoint instead of being refused."""
+    from keel.pipeline import train
+    from keel.run_manifest import RunStateError
+
+    base = ("trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "callbacks=training", "logger=none", "callbacks.progress_bar.refresh_rate=0")
+    first = compose_cfg("trainer.max_epochs=1", *base)
+    train(first)
+    run = Path(first.paths.output_dir)
+    record = json.loads((run / "run.json").read_text())
+    write_json_atomic(run / "run.json", {**record, "status": "interrupted"})  # as a preempted job leaves it
+    with pytest.raises(RunStateError, match="already holds a run"):  # a plain second command: refused
+        train(compose_cfg("trainer.max_epochs=2", *base))
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    train(compose_cfg("trainer.max_epochs=2", *base))
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["attempts"][-1]["resumed_from"].endswith("last.ckpt")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
 def test_a_run_dir_holding_a_run_is_refused_without_ckpt_path(compose_cfg):
     from keel.pipeline import train
     from keel.run_manifest import RunStateError

@@ -72,7 +72,8 @@ def test_bench_train_quick() -> None:
     m = re.search(r"keel/hand samples/s: digits/mlp ([\d.]+), digits/cnn ([\d.]+), table/mlp ([\d.]+) "
                   r"\(target >= 1.0: (met|not met)\)", out)
     assert m, out
-    assert [float(m[i]) for i in (1, 2, 3)] == pytest.approx(list(ratios.values()), abs=0.006)
+    # the headline rounds down (1.00 only for >= 1.0), the table to nearest: within 0.01
+    assert [float(m[i]) for i in (1, 2, 3)] == pytest.approx(list(ratios.values()), abs=0.011)
     assert (m[4] == "met") == (min(float(m[i]) for i in (1, 2, 3)) >= 1.0)
 
 

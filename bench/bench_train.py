@@ -253,8 +253,9 @@ class HandLoop:
 
     ``epoch()`` trains one epoch and returns its wall time. With ``fast=True``, the same loop
     over keel's data path, optimizer and layout: whole batches drawn by tensor indexing (keel's
-    ``IndexBatchSampler``, shuffled), the optimizer implementation keel's config resolves to
-    (``keel.optim.build_optimizer``: torch's fused kernel under ``optimizer.fused=auto``) and
+    ``IndexBatchSampler``, shuffled, through keel's ``TensorLoader``), the optimizer
+    implementation keel's config resolves to (``keel.optim.build_optimizer``: torch's fused
+    kernel under ``optimizer.fused=auto``) and
     conv weights in channels-last layout where ``model.channels_last=auto`` puts them. The
     gap between keel and this loop is what the framework itself (Lightning's loop, keel's module
     and callbacks) costs per step.
@@ -266,6 +267,7 @@ class HandLoop:
         from torch.utils.data import DataLoader, TensorDataset
 
         from keel.data import IndexBatchSampler
+        from keel.data.batches import TensorLoader
         from keel.models.classifier import apply_channels_last
         from keel.optim import build_optimizer
         from keel.pipeline import build_model
@@ -280,7 +282,7 @@ class HandLoop:
             apply_channels_last(fresh.net, cfg.model.get("channels_last", "auto"), self.device.type, 1)
             self.optimizer = build_optimizer(cfg.optimizer, [{"params": list(self.model.parameters())}])
             sampler = IndexBatchSampler(len(y), batch, shuffle=True, seed=0)
-            self.loader = DataLoader(TensorDataset(x, y), sampler=sampler, batch_size=None)
+            self.loader = TensorLoader(TensorDataset(x, y), sampler=sampler, batch_size=None)  # keel's batch path
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg.optimizer.lr))
             self.loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)

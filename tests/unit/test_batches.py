@@ -136,3 +136,70 @@ def test_invalid_arguments_raise(kwargs, pattern):
     args = {"n": 10, "batch_size": 2, "shuffle": False, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=pattern):
         IndexBatchSampler(**args)
+
+
+def _loader(**kwargs):
+    from torch.utils.data import TensorDataset
+
+    from keel.data.batches import ResumableLoader
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(23, 4, generator=g), torch.randint(0, 3, (23,), generator=g))
+    return ResumableLoader(data, sampler=IndexBatchSampler(23, 5, shuffle=True, seed=1, pad=True), batch_size=None,
+                           **kwargs)
+
+
+def test_direct_batches_are_what_the_dataloader_iterator_yields():
+    """The in-process fast path yields the same lists of tensors, the same count, and leaves the
+    global random stream where DataLoader's iterator leaves it (its base-seed draw)."""
+    from torch.utils.data import DataLoader
+
+    from keel.data.batches import _TensorBatches
+
+    loader = _loader()
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        torch.manual_seed(7)
+        expected = list(DataLoader.__iter__(loader))
+        state = torch.get_rng_state()
+        torch.manual_seed(7)
+        it = iter(loader)
+        assert isinstance(it, _TensorBatches) and len(it) == len(expected) == 5
+        got = list(it)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert loader.served == 5
+        assert [type(b) for b in got] == [list] * 5
+        for a, b in zip(expected, got):
+            assert len(a) == len(b) == 2 and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_direct_batches_resume_inside_an_epoch():
+    loader = _loader()
+    loader.sampler.set_epoch(3)
+    whole = list(loader)
+    loader.load_state_dict({"epoch": 3, "batches_done": 2})
+    rest = list(loader)
+    assert loader.served == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(whole[2:], rest))
+
+
+def test_dataloader_iterator_is_kept_where_the_fast_path_does_not_apply():
+    from keel.data.batches import _Counting
+
+    assert isinstance(iter(_loader(collate_fn=lambda batch: batch)), _Counting)
+    workers = _loader(num_workers=1)
+    it = iter(workers)
+    assert isinstance(it, _Counting) and len(list(it)) == 5 and workers.served == 5
+
+
+def test_evaluation_loader_takes_the_fast_path_in_order():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from keel.data.batches import TensorLoader, _TensorBatches
+
+    data = TensorDataset(torch.arange(11.0).unsqueeze(1), torch.arange(11))
+    loader = TensorLoader(data, sampler=IndexBatchSampler(11, 4, shuffle=False, seed=0), batch_size=None)
+    it = iter(loader)
+    assert isinstance(it, _TensorBatches) and len(it) == 3
+    got = list(it)
+    assert [b[1].tolist() for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(DataLoader.__iter__(loader), got))

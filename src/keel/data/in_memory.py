@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from keel.data.batches import IndexBatchSampler, ResumableLoader
+from keel.data.batches import IndexBatchSampler, ResumableLoader, TensorLoader
 from keel.data.drift import tensor_drift_columns
 from keel.data.contract import (
     ContractReport,
@@ -326,7 +326,7 @@ class InMemoryDataModule(L.LightningDataModule):
             log.info("rank %d of %d: %s shard of %d rows of %d in %d batches (rows %d::%d of each epoch's order%s)",
                      rank, world, split, rows, n, len(sampler), rank, world, ", padded to equal length" if train else "")
         # training resumes inside an epoch where it stopped (the loader's state is in each checkpoint)
-        loader_cls = ResumableLoader if train else DataLoader
+        loader_cls = ResumableLoader if train else TensorLoader
         return loader_cls(
             self._split_data(split), sampler=sampler, batch_size=None, num_workers=self.num_workers,
             pin_memory=self.pin_memory and not self._device_data, persistent_workers=self.num_workers > 0,

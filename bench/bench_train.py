@@ -328,11 +328,12 @@ def floor_module(cfg: Any, dm: Any) -> Any:
     import lightning as L
     import torch.nn.functional as F
 
-    from keel.hook_dispatch import CheapHookNames
+    from keel.hook_dispatch import CheapHookNames, cache_step_signature
     from keel.models.classifier import apply_channels_last
     from keel.optim import build_optimizer
     from keel.pipeline import build_model
 
+    @cache_step_signature  # as keel's Classifier
     class Floor(CheapHookNames, L.LightningModule):
         def __init__(self) -> None:
             super().__init__()

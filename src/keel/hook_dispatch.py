@@ -18,6 +18,11 @@ module's evaluation batch hooks (Lightning reads their signatures).
 :class:`CheapHookNames` (a LightningModule mixin) sets the hook name Lightning records around
 every call without ``nn.Module.__setattr__``'s type checks.
 
+:func:`cache_step_signature` (a class decorator on keel's modules) gives ``training_step`` a
+precomputed ``__signature__``: Lightning asks ``inspect.getfullargspec`` at every training step
+whether the step takes ``batch_idx`` (``_build_kwargs``), which otherwise rebuilds the signature
+each time (~17 us a step here; ~6 us with it).
+
 :class:`NoProfiler` is Lightning's default ``PassThroughProfiler`` (no profiling) whose
 ``profile()`` returns one shared ``nullcontext`` instead of building a generator-based context
 manager for each of the ~40-100 profiled actions of a step. Used only when the config sets no
@@ -27,6 +32,7 @@ manager for each of the ~40-100 profiled actions of a step. Used only when the c
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 from lightning.pytorch.profilers import PassThroughProfiler
@@ -99,6 +105,18 @@ def skip_noop_hooks(obj: Any, base: type, hooks: tuple[str, ...] = PER_STEP_HOOK
                 continue
             skipped.append(name)
     return skipped
+
+
+def cache_step_signature(cls: type) -> type:
+    """Class decorator for a LightningModule: store the signature of its own ``training_step``
+    as the function's ``__signature__``, which ``inspect`` returns as is. It is the signature
+    ``getfullargspec`` computes (no ``__wrapped__`` chain followed), so what Lightning decides
+    from it is unchanged. Set on keel's own classes when they are defined (a subclass that
+    overrides the step is unaffected); a step that is not a plain function is left alone."""
+    func = vars(cls).get("training_step")
+    if inspect.isfunction(func) and "__signature__" not in vars(func):
+        func.__signature__ = inspect.signature(func, follow_wrapped=False)  # type: ignore[attr-defined]
+    return cls
 
 
 def lean_dispatch(trainer: Any, model: Any) -> dict[str, list[str]]:

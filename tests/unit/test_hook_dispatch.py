@@ -174,3 +174,39 @@ def test_cheap_hook_names_mixin_keeps_module_registration(monkeypatch):
     assert m._current_fx_name == "training_step" and calls == []  # straight to object.__setattr__
     m.layer = layer  # modules and parameters still register
     assert calls == ["layer"] and "layer.weight" in m.state_dict()
+
+
+def test_training_step_signature_is_cached_as_lightning_reads_it():
+    """Lightning asks at every step whether training_step takes batch_idx; the cached signature
+    gives the same answer (with and without batch_idx, and for a wrapped step, which Lightning
+    unwraps once) and keel's Classifier carries it."""
+    import functools
+    import inspect
+
+    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+
+    from keel.hook_dispatch import cache_step_signature
+    from keel.models.classifier import Classifier
+
+    def wrapped(fn):
+        @functools.wraps(fn)
+        def inner(self, *args, **kwargs):
+            return fn(self, *args, **kwargs)
+        return inner
+
+    def step(self, batch, batch_idx):
+        return None
+
+    def step_without_idx(self, batch):
+        return None
+
+    for fn, takes_idx in ((wrapped(step_without_idx), False), (step, True), (step_without_idx, False)):
+        cls = type("M", (L.LightningModule,), {"training_step": fn})
+        before = inspect.getfullargspec(cls().training_step)
+        assert is_param_in_hook_signature(cls().training_step, "batch_idx", min_args=2) == takes_idx
+        assert cache_step_signature(cls) is cls
+        assert "__signature__" in vars(fn)
+        assert inspect.getfullargspec(cls().training_step) == before
+        assert is_param_in_hook_signature(cls().training_step, "batch_idx", min_args=2) == takes_idx
+    assert "__signature__" in vars(Classifier.training_step)
+    assert list(inspect.signature(Classifier.training_step).parameters) == ["self", "batch", "batch_idx"]

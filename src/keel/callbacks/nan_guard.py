@@ -245,7 +245,8 @@ class NanGuard(L.Callback):
             return
         tensors = list(grads)
         if pending:  # the losses as one new tensor: the kept (detached) losses are not rewritten
-            tensors.append(torch.cat([v.reshape(-1) for _, v in pending]))
+            losses = [v for _, v in pending]
+            tensors.append(losses[0].clone() if len(losses) == 1 else torch.cat([v.reshape(-1) for v in losses]))
         if self._one is None or self._one.device != tensors[0].device:
             self._one = torch.ones((), device=tensors[0].device)
         found = _fused_found_inf(tensors, self._found, self._one)
@@ -257,7 +258,9 @@ class NanGuard(L.Callback):
                 self._raise_bad_step(trainer, pl_module, pending)
             return  # (a finite norm that overflowed names no parameter: not a bad step)
         self._found = found  # kept: the kernel only sets it, and a set flag always ends the run
-        can_defer = scaler is None and self._can_defer(optimizer, found.device)
+        # (on the CPU, unless deferral is forced, the flag is read at once: skip the checks)
+        can_defer = scaler is None and (self.defer is True or (self.defer is None and found.is_cuda)) and \
+            self._can_defer(optimizer, found.device)
         if can_defer and (self.defer or self._pacer.deferred):
             self._arm(trainer, optimizer, found, pending)
             return
@@ -281,7 +284,9 @@ class NanGuard(L.Callback):
     def _can_defer(self, optimizer: Any, device: torch.device) -> bool:
         """Whether this step's flag may be read later: ``defer`` allows it, the optimizer skips
         an update on the device, and (auto) the device is a CUDA GPU."""
-        if self.defer is False or optimizer is None or hasattr(optimizer, "found_inf") or not skips_on_device(optimizer):
+        if self.defer is False or optimizer is None or hasattr(optimizer, "found_inf"):
+            return False
+        if not skips_on_device(optimizer):
             return False
         return self.defer is True or device.type == "cuda"
 

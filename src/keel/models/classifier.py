@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
-from keel.hook_dispatch import CheapHookNames
+from keel.hook_dispatch import CheapHookNames, cache_step_signature
 from keel.models.epoch_metrics import EpochClassification
 from keel.models.metric_names import PER_SPLIT, SPLITS, TRAIN_DEFAULT, train_metric_set
 from keel.models.nets.preprocess import build_preprocess
@@ -55,6 +55,7 @@ def apply_channels_last(net: nn.Module, setting: bool | str, device_type: str, w
     return use, why
 
 
+@cache_step_signature
 class Classifier(CheapHookNames, L.LightningModule):
     """Cross-entropy classification of any net, with standardization built into the model.
 

@@ -388,3 +388,14 @@ def test_the_flag_is_kept_across_steps_and_never_cleared(tmp_path):
     finally:
         NanGuard.on_before_optimizer_step = original
     assert len(seen) == 6 and all(t is seen[0] for t in seen) and not bool(seen[0])
+
+
+def test_auto_mode_defers_only_on_one_cuda_device():
+    """Each rank's pacer times its own reads: ranks deciding apart would disagree on the
+    flag's all-reduce, so auto mode keeps the read at once whenever there are several."""
+    cuda_flag, cpu_flag = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    one, two = SimpleNamespace(world_size=1), SimpleNamespace(world_size=2)
+    assert NanGuard()._auto(cuda_flag, one)
+    assert not NanGuard()._auto(cuda_flag, two)
+    assert not NanGuard()._auto(cpu_flag, one)
+    assert not NanGuard(defer=True)._auto(cuda_flag, one)  # forced: decided without the pacer

@@ -170,7 +170,8 @@ class NanGuard(L.Callback):
     all-reduced (max) on the device first, so every rank skips and stops at the same step.
     Deferring pays only where the GPU is the bottleneck (the read at once leaves it idle until
     the host queues the next step), so by default the guard reads at once and defers while reads
-    keep waiting for the GPU (:class:`_Pacer`). On the CPU reading costs nothing: always at once.
+    keep waiting for the GPU (:class:`_Pacer`), in a single process only (each rank would time
+    its own reads and decide alone). On the CPU reading costs nothing: always at once.
     The flag lives on the device for the whole fit (the kernel only ever sets it; a set flag
     ends the run), so a step allocates nothing for the check.
 
@@ -178,10 +179,10 @@ class NanGuard(L.Callback):
 
     Args:
         check_grads: also check every gradient before each optimizer step.
-        defer: read the check one step later, as above: ``None`` (auto) on CUDA devices with an
-            optimizer that skips on the device, while reads at once keep waiting for the GPU;
-            ``True`` at every step where the optimizer can skip (the CPU included: tests);
-            ``False`` never.
+        defer: read the check one step later, as above: ``None`` (auto) on one CUDA device with
+            an optimizer that skips on the device, while reads at once keep waiting for the GPU;
+            ``True`` at every step where the optimizer can skip (the CPU and every rank
+            included); ``False`` never.
     """
 
     # losses kept at most between two checks: a manual-optimization step that never calls the
@@ -259,7 +260,7 @@ class NanGuard(L.Callback):
             return  # (a finite norm that overflowed names no parameter: not a bad step)
         self._found = found  # kept: the kernel only sets it, and a set flag always ends the run
         # (on the CPU, unless deferral is forced, the flag is read at once: skip the checks)
-        can_defer = scaler is None and (self.defer is True or (self.defer is None and found.is_cuda)) and \
+        can_defer = scaler is None and (self.defer is True or self._auto(found, trainer)) and \
             self._can_defer(optimizer, found.device)
         if can_defer and (self.defer or self._pacer.deferred):
             self._arm(trainer, optimizer, found, pending)
@@ -280,6 +281,12 @@ class NanGuard(L.Callback):
             self._raise(trainer, "gradient", f"NaN/Inf in the gradient of {', '.join(bad[:3])}{more}")
         if self._found is not None and bool(self._found):
             self._raise(trainer, "gradient", "NaN/Inf in a gradient")
+
+    def _auto(self, found: torch.Tensor, trainer: L.Trainer) -> bool:
+        """Whether auto mode may defer: on one CUDA device. With several processes each rank's
+        pacer would time its own reads, and ranks that decided differently would disagree on
+        the flag's all-reduce."""
+        return self.defer is None and found.is_cuda and trainer.world_size == 1
 
     def _can_defer(self, optimizer: Any, device: torch.device) -> bool:
         """Whether this step's flag may be read later: ``defer`` allows it, the optimizer skips

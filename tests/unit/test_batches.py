@@ -173,6 +173,27 @@ def test_direct_batches_are_what_the_dataloader_iterator_yields():
             assert len(a) == len(b) == 2 and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_direct_batches_gather_like_indexing_for_images_and_views():
+    """The fast path's gather (index_select) gives what TensorDataset's ``t[index]`` gives: the
+    values, dtype, shape and a contiguous result, for image-shaped rows and for a split that is a
+    non-contiguous view."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from keel.data.batches import TensorLoader, _TensorBatches
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(17, 1, 8, 8, generator=g)
+    view = torch.randn(5, 17, generator=g).T  # (17, 5), not contiguous
+    labels = torch.randint(0, 10, (17,), generator=g, dtype=torch.int64)
+    loader = TensorLoader(TensorDataset(images, view, labels),
+                          sampler=IndexBatchSampler(17, 6, shuffle=True, seed=2), batch_size=None)
+    it = iter(loader)
+    assert isinstance(it, _TensorBatches)
+    for want, got in zip(DataLoader.__iter__(loader), it, strict=True):
+        for a, b in zip(want, got, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape and b.is_contiguous() and torch.equal(a, b)
+
+
 def test_direct_batches_resume_inside_an_epoch():
     loader = _loader()
     loader.sampler.set_epoch(3)

@@ -349,3 +349,14 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Lightning's default (``move_data_to_device``), except that a batch that is already
+        on ``device`` (training on the CPU; ``data.on_device`` splits) is passed on as it is:
+        the default walks the batch with ``apply_to_collection`` and calls ``.to`` on each
+        tensor to the same effect, ~8 us a step against ~1 for this check on a 2-core CPU.
+        A batch of this DataModule's loaders is a list of tensors; anything else, or a batch
+        that must move, takes the default."""
+        if type(batch) is list and all(type(t) is torch.Tensor and t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -176,7 +176,7 @@ class _TensorBatches:
         self._count = count
         self._tensors = loader.dataset.tensors
         # the sampler's index batches are CPU tensors; splits on an accelerator need them there
-        self._devices = [t.device for t in self._tensors if t.device.type != "cpu"]
+        self._devices = {t.device for t in self._tensors if t.device.type != "cpu"}
         self._indices = iter(loader.sampler)
         self._len = len(loader.sampler)
 
@@ -188,7 +188,7 @@ class _TensorBatches:
         if self._count:
             self._loader.served += 1  # type: ignore[attr-defined]
         if self._devices:
-            on = {d: index.to(d) for d in set(self._devices)}
+            on = {d: index.to(d) for d in self._devices}
             return [t.index_select(0, on.get(t.device, index)) for t in self._tensors]
         return [t.index_select(0, index) for t in self._tensors]
 

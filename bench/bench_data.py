@@ -227,7 +227,7 @@ def timed_setup(cfg: Any) -> tuple[Any, float, float, float]:
 def fit_one_epoch(cfg: Any, dm: Any) -> float:
     from hydra.utils import instantiate
 
-    from keel.pipeline import build_model
+    from keel.fit import build_model
 
     model = build_model(cfg, dm)
     trainer = instantiate(

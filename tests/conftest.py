@@ -18,16 +18,26 @@ CONF = ROOT / "conf"
 
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """``compose_cfg("model=cnn", ...)`` -> the train config, writing under ``tmp_path``."""
+    """``compose_cfg("model=cnn", ...)`` -> the train config, writing under ``tmp_path``, with
+    the task resolved as a run resolves it (``task``, ``monitor`` and ``optimized_metric`` filled
+    in from ``auto``; ``resolve=False`` keeps them as composed)."""
     register_resolvers()
 
-    def _compose(*overrides: str) -> DictConfig:
+    def _compose(*overrides: str, resolve: bool = True) -> DictConfig:
+        from keel.tasks import TaskError
+        from keel.tasks.resolve import resolve_task, with_task
+
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="train", overrides=list(overrides))
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.log_dir = str(tmp_path / "logs")
+        if resolve:
+            try:
+                cfg = with_task(cfg, resolve_task(cfg))
+            except TaskError:
+                pass  # the test looks at the refusal itself
         return cfg
 
     yield _compose

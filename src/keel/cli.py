@@ -4,7 +4,7 @@
     keel contract check CONTRACT FILE                       exit 1 when FILE breaks CONTRACT
     keel drift REFERENCE CURRENT                            exit 1 when a feature drifts past alert
     keel bundle verify DIR                                  exit 1 when a bundle's files or outputs changed
-    keel predict DIR INPUT [--output FILE]                  predictions with labels and probabilities
+    keel predict DIR INPUT [--output FILE]                  predictions (labels and probabilities, or values)
     keel sweep report MULTIRUN_DIR                          every job of a sweep, best first
     keel replay RUN_DIR                                     re-run a run; exit 1 when its metrics differ
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from keel.errors import KeelError
+from keel.fast_exit import exit_now
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -33,9 +33,11 @@ def _contract_infer(args: argparse.Namespace) -> int:
 
     df = read_table(args.file, args.format)
     name = args.name or Path(args.file).name.split(".")[0]
-    contract = infer_contract(df, args.target, name, max_categories=args.max_categories, margin=args.margin)
+    contract = infer_contract(df, args.target, name, max_categories=args.max_categories, margin=args.margin,
+                              task=args.task)
     header = (
-        f"# Inferred by `keel contract infer {args.file} --target {args.target}` from {len(df)} rows.\n"
+        f"# Inferred by `keel contract infer {args.file} --target {args.target}` from {len(df)} rows "
+        f"(task: {contract.task}).\n"
         "# Review it: ranges are the observed ones; widen them where new data may go further.\n"
     )
     sys.stdout.write(header + yaml.safe_dump(contract.to_dict(), sort_keys=False, allow_unicode=True))
@@ -79,13 +81,9 @@ def _reference_from(path: str, target: str | None, fmt: str) -> tuple[dict[str, 
             raise KeelError(f"{manifest}: holds no reference statistics")
         return ref, contract_from_dict(data["data"]["contract"])
     if p.suffix == ".ckpt":
-        import torch
+        from keel.checkpoints.read import read_checkpoint
 
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is an input error here
-            raise KeelError(f"{p}: cannot load this checkpoint safely (weights_only=True): {e}") from None
-        keel = ckpt.get("keel") or {}
+        keel = read_checkpoint(p).section  # CheckpointError (a KeelError) names what is wrong
         if not keel.get("reference"):
             raise KeelError(f"{p}: not a keel checkpoint with reference statistics")
         return keel["reference"], contract_from_dict(keel["contract"])
@@ -161,16 +159,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.dir, variant="int8" if args.int8 else "fp32")
     data = bundle.read(args.input, args.format)
-    index, probs = bundle.predict(data, Path(args.input).name)
-    names = bundle.manifest["class_names"]
-    classes = bundle.manifest["classes"]
-    header = ["row", "label", "class"] + [f"p_{n}" for n in names]
-    rows = [
-        [str(i), names[k], str(classes[k])] + [f"{p:.6f}" for p in probs[i]] for i, k in enumerate(index.tolist())
-    ]
+    outputs = bundle.predict(data, Path(args.input).name)
+    columns, values = bundle.task.prediction_table(outputs, bundle.manifest)
+    header = ["row", *columns]
+    rows = [[str(i)] + [f"{v:.6f}" if isinstance(v, float) else str(v) for v in row] for i, row in enumerate(values)]
     if args.output and args.output.endswith(".json"):
-        out = [{"row": i, "label": names[k], "class": classes[k], "probabilities": dict(zip(names, map(float, probs[i])))}
-               for i, k in enumerate(index.tolist())]
+        out = [{"row": i, **r} for i, r in enumerate(bundle.task.prediction_records(outputs, bundle.manifest))]
         Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
     else:
         text = "\n".join(",".join(r) for r in [header, *rows]) + "\n"
@@ -202,7 +196,7 @@ REPLAY_HELP = "re-run a run from its run.json into a new directory; exit 1 when 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``keel`` parser; ``command`` is the subcommand about to be parsed (argv[0]), if known.
 
-    ``keel.replay`` imports ``keel.run_manifest`` (importlib.metadata, subprocess, socket: ~40 ms
+    ``keel.replay`` imports ``keel.provenance`` (importlib.metadata, subprocess, socket: ~40 ms
     of ``keel predict``'s start), so ``replay`` gets its full parser only when it is the
     command; otherwise a stand-in with the same help line lists it in ``keel --help``.
     """
@@ -216,6 +210,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     infer.add_argument("file")
     infer.add_argument("--target", required=True, help="the label column")
     infer.add_argument("--name", help="contract name (default: the file name)")
+    infer.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
+                       help="the target's task (auto: from the column's values)")
     infer.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
     infer.add_argument("--max-categories", type=int, default=50, help="most distinct values of a text column")
     infer.add_argument("--margin", type=float, default=0.0, help="widen numeric ranges by this fraction")
@@ -298,20 +294,15 @@ def main(argv: list[str] | None = None) -> int:
 def console_main() -> None:
     """Entry point of the ``keel`` console script and ``python -m keel.cli``: :func:`main`, then exit.
 
-    After a successful ``keel predict`` the process ends with ``os._exit`` once stdout and stderr
-    are flushed: nothing is left to clean up (outputs are written and closed), and interpreter
-    teardown (freeing numpy and ONNX Runtime, and pandas and pyarrow when a table was read with
-    them) adds 30-40 ms, up to ~0.15 s with pandas, to a command that takes ~0.2 s.
+    After a successful ``keel predict`` the process ends through :func:`keel.fast_exit.exit_now`
+    (outputs are written and closed): interpreter teardown (freeing numpy and ONNX Runtime, and
+    pandas and pyarrow when a table was read with them) adds 30-40 ms, up to ~0.15 s with pandas,
+    to a command that takes ~0.2 s.
     """
     argv = sys.argv[1:]
     status = main(argv)
     if status == EXIT_OK and argv[:1] == ["predict"]:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BrokenPipeError:  # `keel predict ... | head`: the reader left
-            pass
-        os._exit(status)
+        exit_now(status)
     sys.exit(status)
 
 

@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from keel.errors import KeelError
-from keel.run_manifest import RESUME_KEYS, override_key, config_differences, git_info, read_manifest, run_status
+from keel.provenance import git_info
+from keel.run.record import read_record as read_manifest
+from keel.run.record import run_status
+from keel.run.resume import RESUME_KEYS, config_differences, override_key
 
 EXIT_MATCH, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 DEFAULT_TOLERANCE = 1e-6
@@ -142,10 +145,11 @@ def _logging_pins(record: dict | None, overrides: list[str]) -> list[str]:
         return []
     if any(override_key(o) == "model.train_metrics" for o in overrides):
         return []
-    from keel.models.metric_names import PER_SPLIT
+    from keel.tasks import get_task
 
     recorded = set((record or {}).get("metrics") or {})
-    train = [m for m in PER_SPLIT if f"train/{m}" in recorded]
+    task = get_task(((record or {}).get("config") or {}).get("task") or "classification")
+    train = [m for m in task.metrics if f"train/{m}" in recorded]
     return [f"++model.train_metrics=[{','.join(train)}]"] if train else []
 
 

@@ -21,7 +21,8 @@ import torch
 from keel.callbacks.nan_guard import NanGuard, NonFiniteError
 from keel.callbacks.preemption import Interrupted
 from keel.errors import DiskFullError
-from keel.pipeline import WorkerDiedError, train
+from keel.pipeline import train
+from keel.run.lifecycle import WorkerDiedError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +123,7 @@ def test_stop_signal_after_training_stops_at_once_and_resume_finishes_the_run(co
 
 
 def test_disk_full_during_a_checkpoint_write_keeps_the_last_one_and_the_run_continues(compose_cfg, monkeypatch):
-    import keel.checkpoint_io as checkpoint_io
+    import keel.checkpoints.write as checkpoint_io
 
     real_save = torch.save
     saves = []
@@ -202,7 +203,7 @@ def test_a_dataloader_worker_that_dies_is_reported_and_the_run_continues(compose
 
 
 def test_a_nan_at_step_n_names_it_and_the_last_good_checkpoint_resumes(compose_cfg, monkeypatch):
-    from keel.models.classifier import Classifier
+    from keel.models import TaskModule as Classifier
 
     original = Classifier.training_step
 

@@ -198,19 +198,19 @@ def _train_watching(cfg) -> list[tuple[list[int], bool]]:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append((batch[1].tolist(), torch.is_anomaly_enabled()))
 
-    from keel import pipeline
+    from keel import fit
 
-    original = pipeline._instantiate_group
+    original = fit.instantiate_group
 
     def with_spy(group, what, kwargs_for=None):
         out = original(group, what, kwargs_for)
         return out + [Spy()] if what == "callbacks" else out
 
-    pipeline._instantiate_group = with_spy
+    fit.instantiate_group = with_spy
     try:
         train(cfg)
     finally:
-        pipeline._instantiate_group = original
+        fit.instantiate_group = original
     return seen
 
 

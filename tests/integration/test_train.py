@@ -75,7 +75,7 @@ def test_each_model_and_optimizer_trains(compose_cfg, model, optimizer):
 
 @pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "plateau", "onecycle"])
 def test_each_scheduler_trains_and_logs_lr(compose_cfg, scheduler):
-    extra = {"step": ["scheduler.scheduler.step_size=1"], "plateau": ["scheduler.scheduler.patience=0", "monitor.mode=min"]}  # acc rising = "worse" under min
+    extra = {"step": ["scheduler.scheduler.step_size=1"], "plateau": ["scheduler.scheduler.patience=0", "+scheduler.scheduler.threshold=1.0"]}  # "better" only by 100%: each epoch stalls
     cfg = compose_cfg(f"scheduler={scheduler}", *extra.get(scheduler, []), "trainer.max_epochs=3", "trainer.limit_train_batches=3",
                       "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "logger=csv",
                       "callbacks=training")

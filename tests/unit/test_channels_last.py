@@ -11,10 +11,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from keel.config import ConfigError, validate_config
-from keel.models.classifier import resolve_channels_last
+from keel.models.channels_last import resolve_channels_last
 from keel.models.nets import CNN, MLP
 from keel.optim import align_state_layout
-from keel.pipeline import build_model
+from keel.fit import build_model
 
 CL = torch.channels_last
 

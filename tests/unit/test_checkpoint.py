@@ -7,7 +7,7 @@ import collections
 import pytest
 import torch
 
-from keel.checkpoint import CheckpointError, check_resumable, keel_section, load_checkpoint
+from keel.checkpoints.read import CheckpointError, check_resumable, keel_section, load_checkpoint, read_checkpoint
 
 
 class Payload:  # a class torch.load(weights_only=True) must refuse to rebuild
@@ -54,8 +54,8 @@ def test_missing_and_foreign_checkpoints(tmp_path):
 
 def test_resume_refuses_another_net_or_contract(tmp_path):
     path = _keel_ckpt(tmp_path / "r.ckpt")
-    check_resumable(path, {"_target_": "keel.models.nets.MLP", "hidden": [8]}, {"kind": "tensor", "name": "digits"})
+    check_resumable(read_checkpoint(path), {"_target_": "keel.models.nets.MLP", "hidden": [8]}, {"kind": "tensor", "name": "digits"})
     with pytest.raises(CheckpointError, match=r"another net: hidden: \[8\] -> \[16\]"):
-        check_resumable(path, {"_target_": "keel.models.nets.MLP", "hidden": [16]}, {"kind": "tensor", "name": "digits"})
+        check_resumable(read_checkpoint(path), {"_target_": "keel.models.nets.MLP", "hidden": [16]}, {"kind": "tensor", "name": "digits"})
     with pytest.raises(CheckpointError, match=r"contract 'digits', which differs from this run's 'mnist'"):
-        check_resumable(path, {"_target_": "keel.models.nets.MLP", "hidden": [8]}, {"kind": "tensor", "name": "mnist"})
+        check_resumable(read_checkpoint(path), {"_target_": "keel.models.nets.MLP", "hidden": [8]}, {"kind": "tensor", "name": "mnist"})

@@ -8,8 +8,13 @@ import torch
 from hydra.utils import instantiate
 
 from keel.models import Classifier
-from keel.models.metric_names import METRIC_NAMES, PER_SPLIT, logged_names
-from keel.pipeline import build_model
+from keel.fit import build_model
+from keel.tasks import get_task
+
+TASK = get_task("classification")
+PER_SPLIT = TASK.metrics
+METRIC_NAMES = TASK.metric_names()
+logged_names = TASK.logged_names
 
 
 @pytest.fixture
@@ -72,7 +77,7 @@ def test_default_training_split_keeps_no_rows_for_an_auroc(setup, tmp_path):
     model.validation_step((x, y), 0)
     assert model._outputs["train"][0][0].shape == (len(y),)  # predicted classes, not N x classes logits
     assert model._outputs["val"][0][0].shape == (len(y), 10)
-    with pytest.raises(ValueError, match=r"model.train_metrics=\['loss', 'accuracy'\]: unknown 'accuracy'; "
+    with pytest.raises(ValueError, match=r"model.train_metrics=\['loss', 'accuracy'\]: unknown 'accuracy' for classification; "
                                          r"expected all or a list of loss, acc, f1, precision, recall, auroc"):
         cfg.model.train_metrics = ["loss", "accuracy"]
         build_model(cfg, dm)
@@ -114,9 +119,9 @@ def test_balanced_class_weights_and_label_smoothing(compose_cfg):
     model = build_model(cfg, dm)
     counts = dm.class_counts("train")
     expected = [sum(counts) / (len(counts) * c) for c in counts]
-    assert model.class_weights.tolist() == pytest.approx(expected)
+    assert model.criterion.weight.tolist() == pytest.approx(expected)
     assert model.hparams.loss["class_weights"] == pytest.approx(expected)
-    assert model.label_smoothing == 0.1
+    assert model.criterion.label_smoothing == 0.1
 
 
 def test_class_weight_count_must_match_classes(compose_cfg):
@@ -155,7 +160,7 @@ def test_epoch_metrics_equal_per_step_updates(compose_cfg):
     dm = instantiate(cfg.data)
     dm.setup()
     model = build_model(cfg, dm).eval()
-    c = model.num_classes
+    c = len(dm.contract.classes)
     reference = MetricCollection({
         "acc": MulticlassAccuracy(c, average="micro"), "f1": MulticlassF1Score(c, average="macro"),
         "precision": MulticlassPrecision(c, average="macro"), "recall": MulticlassRecall(c, average="macro"),

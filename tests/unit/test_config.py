@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from keel.config import ConfigError, validate_config
 from keel.config.machine import check_machine
 from keel.optim import build_scheduler
-from keel.pipeline import _instantiate_group, build_model
+from keel.fit import build_model
+from keel.fit import instantiate_group as _instantiate_group
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ["data", "data/contract", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug", "hparams_search"]
@@ -50,7 +51,7 @@ def _data_files(group: str, option: str, tmp_path: Path) -> list[str]:
         df.to_csv(tmp_path / "t.csv", index=False)
         return [f"data.path={tmp_path / 't.csv'}", "data.target=label"]
     if group == "data/contract":
-        return ["data=breast_cancer"]
+        return ["data=diabetes" if option == "diabetes" else "data=breast_cancer"]
     return []
 
 
@@ -62,6 +63,7 @@ def digits():
     register_resolvers()
     cfg = OmegaConf.load(CONF / "data" / "digits.yaml")
     cfg.seed = 0
+    cfg.task = "auto"
     dm = instantiate(cfg)
     dm.setup()
     return dm
@@ -84,11 +86,15 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
         dm = instantiate(cfg.data)
         dm.setup()
         if cfg.data.contract is not None:
-            assert dm.contract.num_classes == len(cfg.data.contract.classes)
+            assert dm.contract.num_classes == len(cfg.data.contract.get("classes") or ())
+        assert dm.task == cfg.task  # the task resolved from the config is the data's
         x, y = next(iter(dm.train_dataloader()))
         assert list(x.shape[1:]) == list(dm.contract.shape) and len(x) == cfg.data.batch_size
         model = build_model(cfg, dm)
-        assert model(x).shape == (len(x), dm.contract.num_classes)
+        if dm.task == "regression":
+            assert model(x).shape == (len(x),) and y.dtype == torch.float32
+        else:
+            assert model(x).shape == (len(x), dm.contract.num_classes)
         return
 
     model = build_model(cfg, digits)

@@ -20,7 +20,7 @@ from keel.hook_dispatch import (
     lean_dispatch,
     skip_noop_hooks,
 )
-from keel.models.classifier import Classifier
+from keel.models import TaskModule as Classifier
 
 
 class _Counting(L.Callback):
@@ -186,7 +186,7 @@ def test_training_step_signature_is_cached_as_lightning_reads_it():
     from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
     from keel.hook_dispatch import cache_step_signature
-    from keel.models.classifier import Classifier
+    from keel.models import TaskModule as Classifier
 
     def wrapped(fn):
         @functools.wraps(fn)

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from keel.optim import build_optimizer
 from keel.optim.optimizer import fused_blocker, has_fused
-from keel.pipeline import build_model
+from keel.fit import build_model
 
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}
 

@@ -502,7 +502,8 @@ def test_tensor_predict_is_a_valid_prediction_or_a_contract_error(bundles, x):
     except (ValueError, TypeError):  # ragged
         batch = None
     try:
-        index, probs = served.bundle.predict(x, "random")
+        _, probs = served.bundle.predict(x, "random")  # (logits, probabilities)
+        index = probs.argmax(axis=1)
     except ContractViolationError as e:
         assert batch is None or not tensor_ok(TENSOR, batch, None)
         assert "data contract 'grid' violated in random" in str(e)
@@ -516,7 +517,8 @@ def _table_outcome(bundle: Any, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarra
     from keel.export.bundle import BundleError
 
     try:
-        return bundle.predict(df, "random.csv")
+        _, probs = bundle.predict(df, "random.csv")  # (logits, probabilities)
+        return probs.argmax(axis=1), probs
     except ContractViolationError as e:
         assert "data contract 'people' violated in random.csv" in str(e)
     except BundleError as e:  # no rows to predict
@@ -671,7 +673,8 @@ def test_a_real_bundle_answers_valid_rows_alike_in_any_batch_and_column_order(re
     df, _, labels = data.draw(valid_tables(bundle.contract))
     if labels is not None:
         df = df.drop(columns=[bundle.contract.target])
-    index, probs = bundle.predict(df, "rows")
+    logits, probs = bundle.predict(df, "rows")
+    index = logits.argmax(axis=1)
     k = bundle.contract.num_classes
     assert probs.shape == (len(df), k) and np.isfinite(probs).all(), "missing values must be imputed in the graph"
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and np.array_equal(index, probs.argmax(axis=1))

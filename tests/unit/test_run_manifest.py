@@ -17,18 +17,13 @@ import pytest
 import torch
 
 from keel.callbacks.rng_state import capture_rng_state, restore_rng_state
-from keel.checkpoint_io import AtomicCheckpointIO
-from keel.run_manifest import (
-    RunManifest,
-    config_differences,
-    data_fingerprint,
-    find_resume_checkpoint,
-    git_info,
-    merge_overrides,
-    read_manifest,
-    run_status,
-    write_json_atomic,
-)
+from keel.checkpoints.write import AtomicCheckpointIO
+from keel.atomic import write_json_atomic
+from keel.provenance import data_fingerprint, git_info
+from keel.run.record import RunRecord as RunManifest
+from keel.run.record import read_record as read_manifest
+from keel.run.record import run_status
+from keel.run.resume import config_differences, find_resume_checkpoint, merge_overrides
 from keel.replay import ReplayError, add_replay_parser, compare_metrics, plan_replay, replay_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,7 +163,8 @@ def test_data_fingerprint_of_real_table_module(tmp_path):
 
 # ---------------------------------------------------------------------------- resuming
 def _ckpt(path: Path, epoch: int, mtime: int) -> None:
-    torch.save({"epoch": epoch, "global_step": epoch * 10, "state_dict": {"w": torch.ones(3)}}, path)
+    torch.save({"epoch": epoch, "global_step": epoch * 10, "state_dict": {"w": torch.ones(3)},
+                "hyper_parameters": {"net": {}}, "keel": {"contract": {"name": "t"}}}, path)
     os.utime(path, (mtime, mtime))
 
 
@@ -180,13 +176,14 @@ def test_find_resume_checkpoint_skips_truncated_newest_with_warning(tmp_path, ca
     _ckpt(ckpts / "epoch001.ckpt", 1, 1_000)
     _ckpt(ckpts / "epoch003.ckpt", 3, 2_000)
     _ckpt(ckpts / "last.ckpt", 4, 3_000)
-    assert find_resume_checkpoint(tmp_path) == ckpts / "last.ckpt"
+    found = find_resume_checkpoint(tmp_path)
+    assert found.path == ckpts / "last.ckpt" and found.global_step == 40
     data = (ckpts / "last.ckpt").read_bytes()
     (ckpts / "last.ckpt").write_bytes(data[: len(data) // 2])  # torn by a kill
     os.utime(ckpts / "last.ckpt", (3_000, 3_000))
     (ckpts / ".last.ckpt.123.tmp").write_bytes(data)  # a temp file is never a candidate
     with caplog.at_level(logging.WARNING, logger="keel"):
-        assert find_resume_checkpoint(tmp_path) == ckpts / "epoch003.ckpt"
+        assert find_resume_checkpoint(tmp_path).path == ckpts / "epoch003.ckpt"
     assert any("skipping" in r.message and "last.ckpt" in r.message and "truncated" in r.message for r in caplog.records)
 
 
@@ -315,7 +312,7 @@ def test_a_job_submitit_starts_again_continues_its_run(compose_cfg, monkeypatch)
     """hydra-submitit-launcher requeues a preempted job with the same overrides in the same job
     directory: the job continues from its last checkpoint instead of being refused."""
     from keel.pipeline import train
-    from keel.run_manifest import RunStateError
+    from keel.run.record import RunStateError
 
     base = ("trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
             "callbacks=training", "logger=none", "callbacks.progress_bar.refresh_rate=0")
@@ -335,7 +332,7 @@ def test_a_job_submitit_starts_again_continues_its_run(compose_cfg, monkeypatch)
 
 def test_a_run_dir_holding_a_run_is_refused_without_ckpt_path(compose_cfg):
     from keel.pipeline import train
-    from keel.run_manifest import RunStateError
+    from keel.run.record import RunStateError
 
     cfg = compose_cfg()
     out = Path(cfg.paths.output_dir)
@@ -348,7 +345,7 @@ def test_a_run_dir_in_use_by_a_live_process_is_refused(compose_cfg):
     import socket
 
     from keel.pipeline import train
-    from keel.run_manifest import RunStateError
+    from keel.run.record import RunStateError
 
     cfg = compose_cfg("ckpt_path=auto")
     out = Path(cfg.paths.output_dir)

@@ -17,10 +17,11 @@ from omegaconf import OmegaConf
 
 from keel.callbacks.optuna_pruning import OptunaPruning
 from keel.config import register_resolvers, validate_config
-from keel.pipeline import _instantiate_group
+from keel.fit import instantiate_group
 from keel.sweep import build_search_space
-from keel.sweep.optuna_sweeper import pruning_override
+from keel.sweep.optuna_sweeper import pruning_override, resolve_objective
 from keel.sweep.study import build_pruner, build_sampler
+from keel.tasks.resolve import resolve_task, with_task
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -51,7 +52,9 @@ def test_the_plugin_is_registered():
 def test_optuna_config_instantiates_the_sweeper(optuna_cfg, tmp_path):
     sw = optuna_cfg.hydra.sweeper
     assert optuna_cfg.hydra.runtime.choices["hydra/sweeper"] == "keel_optuna"
-    assert sw.metric == optuna_cfg.optimized_metric == "val/acc_best"  # what the study optimizes = what train returns
+    assert sw.metric == optuna_cfg.optimized_metric  # what the study optimizes = what train returns
+    # auto (the run default) or named: digits' study optimizes val/acc_best
+    assert resolve_objective(sw.metric, sw.pruning_metric, optuna_cfg).metric == "val/acc_best"
     assert sw.study_name == "train-digits-mlp"
     # outside the timestamped sweep dir, so the same command finds the study again
     assert sw.storage == f"sqlite:///{tmp_path}/train/optuna/train-digits-mlp.db"
@@ -79,10 +82,11 @@ def test_a_trial_of_the_default_space_composes_and_gets_its_pruning_callback(opt
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         job = compose(config_name="train", overrides=[_hparams_search(), f"paths.log_dir={tmp_path}", *overrides])
     OmegaConf.update(job, "paths.output_dir", str(tmp_path / "job"), force_add=True)
+    job = with_task(job, resolve_task(job))  # as the job runs it: the task's defaults filled in
     validate_config(job)
     assert job.optimizer.lr == pytest.approx(trial.params["optimizer.lr"])
     assert str(list(job.model.net.hidden)).replace(" ", "") == trial.params["model.net.hidden"]
-    callbacks = _instantiate_group(job.callbacks, "callbacks")
+    callbacks = instantiate_group(job.callbacks, "callbacks")
     (pruning,) = [c for c in callbacks if isinstance(c, OptunaPruning)]
     assert (pruning.storage, pruning.study_name, pruning.trial_number, pruning.monitor) == (
         f"sqlite:///{tmp_path / 's.db'}", "s", trial.number, "val/acc_best")

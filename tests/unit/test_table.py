@@ -14,7 +14,7 @@ from keel.data import ContractViolationError
 from keel.data.table import TableReadError, read_table
 from keel.data.table_contract import TableContract, infer_contract
 from keel.models.nets import TabularPreprocess
-from keel.pipeline import build_model
+from keel.fit import build_model
 
 CONTRACT = {
     "kind": "table",
@@ -207,7 +207,7 @@ def test_breast_cancer_is_embedded_contracted_and_weighted(compose_cfg):
     model = build_model(cfg, dm)
     counts = dm.class_counts("train")
     assert counts[0] < counts[1]  # imbalanced: fewer malignant
-    w = model.class_weights.tolist()
+    w = model.criterion.weight.tolist()  # the balanced weights reach the loss
     assert w[0] > w[1] and w[0] == pytest.approx(sum(counts) / (2 * counts[0]))
 
 

@@ -35,7 +35,7 @@ def test_every_problem_is_reported_together(compose_cfg):
     assert "optimizer.lr=-0.1: expected a number > 0" in msg
     assert "trainer.max_epochs='abc': expected an integer >= 1" in msg
     assert "trainer.precision='8-bit': expected one of: 32-true" in msg
-    assert "monitor.metric='val/accuracy': expected a logged metric: train/loss" in msg
+    assert "monitor.metric='val/accuracy': expected auto or a metric that classification logs: train/loss" in msg
     assert "scheduler.interval='batch': expected one of: epoch, step" in msg
     assert msg.count("Fix:") == 6
     assert len(info.value.problems) == 6
@@ -47,8 +47,8 @@ def test_train_metrics_values_and_unlogged_train_metrics(compose_cfg):
     validate_config(compose_cfg("debug=overfit"))  # monitors train/loss, optimizes train/acc: both logged
     with pytest.raises(ConfigError) as info:
         validate_config(compose_cfg("model.train_metrics=[loss,accuracy]"))
-    assert ("model.train_metrics=['loss', 'accuracy']: expected all or a list of loss, acc, f1, precision, "
-            "recall, auroc. Fix: e.g. model.train_metrics=[loss,acc]") in str(info.value)
+    assert ("model.train_metrics=['loss', 'accuracy']: unknown 'accuracy' for classification; expected all or a "
+            "list of loss, acc, f1, precision, recall, auroc. Fix: e.g. model.train_metrics=[loss,acc]") in str(info.value)
     with pytest.raises(ConfigError) as info:
         validate_config(compose_cfg("monitor.metric=train/auroc", "optimized_metric=train/f1"))
     msg = str(info.value)
@@ -86,7 +86,7 @@ def test_missing_required_value(compose_cfg):
         (["model.loss.label_smoothing=1.5"], r"model.loss.label_smoothing=1.5: expected a number in \[0, 1\)"),
         (["callbacks.progress_bar.min_interval=-1"], r"callbacks.progress_bar.min_interval=-1: expected seconds >= 0"),
         (["callbacks.progress_bar.refresh_rate=-1"], r"callbacks.progress_bar.refresh_rate=-1: expected an integer >= 0"),
-        (["optimized_metric=val/nope"], r"optimized_metric='val/nope': expected null or a logged metric"),
+        (["optimized_metric=val/nope"], r"optimized_metric='val/nope': expected null, auto or a metric that classification logs"),
         (["data.val_fraction=0"], r"data.val_fraction=0: expected a fraction in \(0, 1\)"),
         (["optimizer.fused=yes"], r"optimizer.fused='yes': expected auto, true or false. Fix: e.g. optimizer.fused=auto"),
         (["optimizer.fused=1"], r"optimizer.fused=1: expected auto, true or false"),
@@ -278,12 +278,12 @@ def _hydra_error(*overrides: str) -> Exception:
                                   "strategy, precision, max_epochs, min_epochs, gradient_clip_val, "
                                   "gradient_clip_algorithm, accumulate_grad_batches, deterministic, benchmark, "
                                   "sync_batchnorm, ...). Fix: trainer.max_epochs=3 (did you mean trainer.max_epochs?)"),
-        (["sed=3"], "sed=3: no key 'sed' in the config (expected a key at the top level: task_name, tags, seed, "
-                    "run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
-                    "callbacks, logger, paths). Fix: seed=3 (did you mean seed?)"),
-        (["foo=1"], "foo=1: no key 'foo' in the config (expected a key at the top level: task_name, tags, seed, "
-                    "run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
-                    "callbacks, logger, paths). Fix: check the spelling (`python train.py --cfg job` prints every "
+        (["sed=3"], "sed=3: no key 'sed' in the config (expected a key at the top level: task_name, tags, task, "
+                    "seed, run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
+                    "callbacks, logger, ...). Fix: seed=3 (did you mean seed?)"),
+        (["foo=1"], "foo=1: no key 'foo' in the config (expected a key at the top level: task_name, tags, task, "
+                    "seed, run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
+                    "callbacks, logger, ...). Fix: check the spelling (`python train.py --cfg job` prints every "
                     "key), or add a new key with +foo=1"),
         (["+seed=3"], "+seed=3: 'seed' is already in the config ('+' adds a new key). Fix: seed=3"),
         (["model=mlp,cnn"], "model=mlp,cnn: several values for one run. Fix: add -m (--multirun) to sweep over them, "

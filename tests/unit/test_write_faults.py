@@ -17,11 +17,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from keel.callbacks.preemption import _requeue_slurm_job
-from keel.checkpoint_io import AtomicCheckpointIO
+from keel.checkpoints.write import AtomicCheckpointIO
 from keel.data.batches import IndexBatchSampler, ResumableLoader
 from keel.errors import DiskFullError
 from keel.export.bundle import staged
-from keel.run_manifest import find_resume_checkpoint, write_atomic, write_json_atomic
+from keel.atomic import write_atomic, write_json_atomic
+from keel.run.resume import find_resume_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,7 +124,7 @@ def test_json_record_on_a_full_disk_with_no_previous_file(tmp_path, monkeypatch)
 
 SLOW_WRITER = textwrap.dedent("""
     import sys, time, torch
-    from keel.checkpoint_io import AtomicCheckpointIO
+    from keel.checkpoints.write import AtomicCheckpointIO
     real_save = torch.save
     def slow_save(obj, f):  # torch.save into the temp file, one small piece at a time
         import io
@@ -140,7 +141,8 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pa
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
     last = ckpt_dir / "last.ckpt"
-    AtomicCheckpointIO().save_checkpoint({"epoch": 1, "w": torch.ones(200_000)}, last)
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1, "w": torch.ones(200_000), "hyper_parameters": {"net": {}},
+                                          "keel": {"contract": {"name": "t"}}}, last)
     child = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(last)], cwd=ROOT)
     tmp = ckpt_dir / f".last.ckpt.{child.pid}.tmp"
     deadline = time.monotonic() + 60
@@ -152,7 +154,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pa
 
     assert tmp.exists()  # the torn write stayed in its temp file...
     assert torch.load(last, weights_only=True)["epoch"] == 1  # ...and the real name holds the whole old one
-    assert find_resume_checkpoint(tmp_path) == last
+    assert find_resume_checkpoint(tmp_path).path == last
     assert not tmp.exists()  # the dead writer's temp file is cleaned up when the run resumes
 
 
@@ -188,7 +190,7 @@ def test_requeue_without_slurm_does_nothing_and_without_scontrol_says_so(tmp_pat
 
 def test_a_run_dir_locked_by_another_process_is_refused(compose_cfg, tmp_path):
     from keel.pipeline import train
-    from keel.run_manifest import RunStateError
+    from keel.run.record import RunStateError
 
     cfg = compose_cfg("debug=fast", "logger=none")
     run = Path(cfg.paths.output_dir)
@@ -211,7 +213,8 @@ def test_a_run_dir_locked_by_another_process_is_refused(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("error", [ConnectionResetError(104, "Connection reset by peer"), EOFError()])
 def test_a_worker_dying_mid_handover_is_reported_as_a_dead_worker(tmp_path, error):
-    from keel.pipeline import WorkerDiedError, _explain_failure
+    from keel.run.lifecycle import WorkerDiedError
+    from keel.run.lifecycle import explain_failure as _explain_failure
 
     # the error as it surfaces: raised while torch's DataLoader receives a batch
     where = {}

@@ -15,9 +15,11 @@ class KeelOptunaSweeperConf:
     # Trials asked and launched together (one launcher batch): 1 for the basic launcher; the
     # number of parallel processes with hydra/launcher=joblib.
     n_jobs: int = 1
-    # auto: minimize when the metric is a loss, maximize otherwise.
+    # auto: the way the metric improves (keel.tasks.metric_mode): maximize acc, f1, r2;
+    # minimize losses, rmse, mae.
     direction: str = "auto"
-    # What the study optimizes: the value train.py returns.
+    # What the study optimizes: the value train.py returns. auto: the task's optimized metric
+    # (val/acc_best, val/rmse_best), the task told from the composed config as a job tells it.
     metric: Optional[str] = "${optimized_metric}"
     study_name: str = "${task_name}"
     # null: a fresh SQLite study inside the sweep directory (no resume across commands).
@@ -26,7 +28,8 @@ class KeelOptunaSweeperConf:
     sampler: Dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": None})
     # {type: median|percentile|threshold|successive_halving|hyperband|none, ...}
     pruner: Dict[str, Any] = field(default_factory=lambda: {"type": "none"})
-    # The per-epoch value reported to the pruner (null: metric); must improve in the study's direction.
+    # The per-epoch value reported to the pruner (null or auto: metric, resolved); must improve in
+    # the study's direction.
     pruning_metric: Optional[str] = None
     # Stop the sweep (exit 1) when more than this fraction of its trials crashed; 1.0: never.
     max_failure_rate: float = 1.0

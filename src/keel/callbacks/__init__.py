@@ -1,7 +1,7 @@
 """Callbacks at run boundaries: ONNX export and int8 quantization of the best checkpoint;
 observability: throughput, TensorBoard views, the profiler summary, a progress bar that
 redraws once per update; safety on every run:
-NaN/Inf guard, RNG state in checkpoints."""
+NaN/Inf guard, RNG state and the run's config in checkpoints."""
 
 from keel.callbacks.nan_guard import NanGuard
 from keel.callbacks.onnx_export import OnnxExport
@@ -10,7 +10,8 @@ from keel.callbacks.profile_summary import ProfileSummary
 from keel.callbacks.progress import ProgressBar
 from keel.callbacks.quantize import Quantize
 from keel.callbacks.rng_state import RngState
+from keel.callbacks.run_config import RunConfigInCheckpoint
 from keel.callbacks.tensorboard_views import TensorBoardViews
 from keel.callbacks.throughput import Throughput
 
-__all__ = ["NanGuard", "OnnxExport", "OptunaPruning", "ProfileSummary", "ProgressBar", "Quantize", "RngState", "TensorBoardViews", "Throughput"]
+__all__ = ["NanGuard", "OnnxExport", "OptunaPruning", "ProfileSummary", "ProgressBar", "Quantize", "RngState", "RunConfigInCheckpoint", "TensorBoardViews", "Throughput"]

@@ -1,5 +1,6 @@
-"""TensorBoard views beyond scalars: confusion-matrix images, PR curves, misclassified samples,
-weight and gradient histograms."""
+"""TensorBoard views beyond scalars: confusion-matrix images, PR curves, misclassified samples
+(classification), predicted-vs-true scatters and residual histograms (regression), weight and
+gradient histograms."""
 
 from __future__ import annotations
 
@@ -217,6 +218,123 @@ def render_samples(
     return np.asarray(canvas)
 
 
+# the y = x reference line of the predicted-vs-true scatter (matplotlib's "tab:red")
+DIAGONAL = (214, 39, 40)
+
+
+def axis_range(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """The one ``(low, high)`` of both axes of the scatter: min and max over the finite values of
+    ``pred`` and ``true`` together, widened by 0.5 each side when they are all equal; ``(0, 1)``
+    when there are none."""
+    v = np.concatenate([np.ravel(pred), np.ravel(true)]).astype(np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return 0.0, 1.0
+    lo, hi = float(v.min()), float(v.max())
+    return (lo - 0.5, hi + 0.5) if hi <= lo else (lo, hi)
+
+
+def to_pixels(values: np.ndarray, lo: float, hi: float, size: int) -> np.ndarray:
+    """Positions of ``values`` on an axis of ``size`` pixels spanning ``[lo, hi]``: nearest pixel,
+    0 at ``lo``, ``size - 1`` at ``hi`` (clipped)."""
+    scaled = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo) * (size - 1)
+    return np.clip(np.rint(scaled), 0, size - 1).astype(np.int64)
+
+
+def finite_pairs(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``true`` as flat float64 arrays, without the rows where either is not finite."""
+    pred, true = np.ravel(pred).astype(np.float64), np.ravel(true).astype(np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(f"{pred.size} predictions for {true.size} true values")
+    ok = np.isfinite(pred) & np.isfinite(true)
+    return pred[ok], true[ok]
+
+
+def scatter_pred_vs_true(pred: np.ndarray, true: np.ndarray, size: int = 320, dot: int = 0) -> np.ndarray:
+    """Predicted against true values as an RGB image ``(size, size, 3)`` uint8: true along x
+    (left to right), predicted along y (bottom to top), both over :func:`axis_range`.
+
+    The y = x diagonal (pixels ``(size - 1 - k, k)``) is :data:`DIAGONAL`; every pixel holding a
+    point is coloured by :func:`blues` of its count (a single point at 0.5, the fullest pixel at
+    1.0, log scale between), drawn over the diagonal; the rest is white. ``dot > 0`` paints each
+    point as a square of ``2 * dot + 1`` pixels (each pixel shaded by the fullest point on it).
+    Rows with a non-finite value are left out.
+    """
+    if size < 2:
+        raise ValueError(f"size={size}: expected at least 2 pixels")
+    pred, true = finite_pairs(pred, true)
+    lo, hi = axis_range(pred, true)
+    img = np.full((size, size, 3), 255, dtype=np.uint8)
+    k = np.arange(size)
+    img[size - 1 - k, k] = DIAGONAL
+    if pred.size:
+        counts = np.zeros((size, size), dtype=np.int64)
+        np.add.at(counts, (size - 1 - to_pixels(pred, lo, hi, size), to_pixels(true, lo, hi, size)), 1)
+        if dot > 0:
+            padded = np.pad(counts, dot)
+            counts = np.max([padded[dy: dy + size, dx: dx + size]
+                             for dy in range(2 * dot + 1) for dx in range(2 * dot + 1)], axis=0)
+        hit = counts > 0
+        shade = 0.5 + 0.5 * np.log1p(counts[hit]) / np.log1p(counts.max()) if counts.max() > 1 else 1.0
+        img[hit] = blues(shade)
+    return img
+
+
+def render_pred_vs_true(
+    pred: np.ndarray, true: np.ndarray, title: str = "", size: int = 320, dot: int = 1
+) -> np.ndarray:
+    """:func:`scatter_pred_vs_true` framed, with the axis range at its ends, axis names and a
+    title: RGB ``(H, W, 3)`` uint8 for ``SummaryWriter.add_image``. Without Pillow the image is
+    the bare scatter."""
+    plot = scatter_pred_vs_true(pred, true, size, dot)
+    pil = _pil()
+    if pil is None:
+        return plot
+    lo, hi = axis_range(*finite_pairs(pred, true))
+    font = _font(12)
+    probe = pil.ImageDraw.Draw(pil.Image.new("RGB", (1, 1)))
+    line = max(_text_size(probe, "Ag0", font)[1], 1)
+    ticks = [f"{lo:.4g}", f"{hi:.4g}"]
+    tick_w = max(_text_size(probe, t, font)[0] for t in ticks)
+    pad = 6
+    left = pad + line + pad + tick_w + pad
+    top = pad + (line + pad if title else 0)
+    bottom = top + size + 1 + pad + line + pad + line + pad
+    width = max(left + size + 1 + pad + tick_w // 2, pad + _text_size(probe, title, font)[0] + pad)
+    canvas = pil.Image.new("RGB", (width, bottom), WHITE)
+    framed = np.full((size + 2, size + 2, 3), GRID, dtype=np.uint8)
+    framed[1:-1, 1:-1] = plot
+    canvas.paste(pil.Image.fromarray(framed), (left - 1, top - 1))
+    if title:
+        _paste_text(canvas, (pad, pad), title, font, INK, rotate=False)
+    # y axis: high at the top, low at the bottom; x axis: low at the left, high at the right
+    for text, y in ((ticks[1], top), (ticks[0], top + size - line)):
+        _paste_text(canvas, (left - pad - _text_size(probe, text, font)[0], y), text, font, INK, rotate=False)
+    y = top + size + 1 + pad
+    _paste_text(canvas, (left, y), ticks[0], font, INK, rotate=False)
+    _paste_text(canvas, (left + size - _text_size(probe, ticks[1], font)[0], y), ticks[1], font, INK, rotate=False)
+    label_w = _text_size(probe, "true", font)[0]
+    _paste_text(canvas, (left + (size - label_w) // 2, y + line + pad), "true", font, INK, rotate=False)
+    label_w = _text_size(probe, "predicted", font)[0]
+    _paste_text(canvas, (pad, top + (size - label_w) // 2), "predicted", font, INK, rotate=True)
+    return np.asarray(canvas)
+
+
+def subsample(n: int, at_most: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``at_most`` of ``n`` rows, in order: all of them, or a seeded random
+    choice without replacement (the same rows every call)."""
+    if n <= at_most:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=at_most, replace=False))
+
+
+def residual_table(summary: dict[str, Any]) -> str:
+    """A residual summary (``keel.models.epoch_regression.residual_summary``) as a Markdown table."""
+    cells = [f"{v:.6g}" if isinstance(v, float) else str(v) for v in summary.values()]
+    return ("| " + " | ".join(map(str, summary)) + " |\n|" + "---|" * len(summary) + "\n| "
+            + " | ".join(cells) + " |")
+
+
 def _gather_rows(pl_module: L.LightningModule, t: torch.Tensor) -> torch.Tensor:
     """Concatenate ``t`` (``(n_rank, ...)``, sizes may differ) over all processes, in rank order.
     A collective: every process must call it."""
@@ -232,14 +350,22 @@ def _gather_rows(pl_module: L.LightningModule, t: torch.Tensor) -> torch.Tensor:
 class TensorBoardViews(L.Callback):
     """TensorBoard images, PR curves and histograms (only with a TensorBoardLogger; rank 0 writes).
 
+    What a split shows comes from what the module's task recorded of it
+    (``TaskModule.split_records``) and what the task outputs, never from the task's name:
+
     - ``val/confusion_matrix``: an image after every validation epoch (``test/confusion_matrix``
-      after test), from the module's ``confusion`` dict (keel's ``Classifier``).
+      after test), from the module's ``confusion`` dict (classification).
+    - ``val/pred_vs_true``: a predicted-vs-true scatter image after every validation epoch
+      (``test/pred_vs_true`` after test) of at most ``scatter_max_points`` rows (a seeded
+      sample), with the y = x diagonal; ``val/residuals`` (``test/residuals``): a histogram of
+      ``pred - true`` and the split's residual summary as a text table (regression: the record's
+      ``pred``, ``true`` and ``residuals``).
     - ``test/pr_curve/<class>``: one precision-recall curve per class (PR Curves tab), from the
       softmax of one extra forward pass over the test batches (at most ``pr_max_samples`` rows
-      per process are kept).
+      per process are kept); only for a task that outputs class probabilities.
     - ``test/misclassified``: up to ``misclassified`` wrong test predictions of image data
       (contract shape ``[C, H, W]``) with their true and predicted class, as one image, and the
-      same list as text.
+      same list as text; only for a task that outputs class probabilities.
     - ``weights/<param>``, ``grads/<param>`` histograms (``histograms: true``) at the first
       optimizer step of every ``histogram_every_n_epochs``-th epoch (gradients as the optimizer
       receives them).
@@ -254,6 +380,8 @@ class TensorBoardViews(L.Callback):
         misclassified: how many misclassified test images to show (0: none).
         histograms: log weight and gradient histograms.
         histogram_every_n_epochs: epochs between histograms.
+        pred_vs_true: log the regression scatter, residual histogram and summary.
+        scatter_max_points: rows drawn in the scatter at most (the histogram takes every kept row).
     """
 
     def __init__(
@@ -266,10 +394,13 @@ class TensorBoardViews(L.Callback):
         misclassified: int = 16,
         histograms: bool = False,
         histogram_every_n_epochs: int = 1,
+        pred_vs_true: bool = True,
+        scatter_max_points: int = 4000,
     ) -> None:
         limits = (("confusion_max_classes", confusion_max_classes, 1), ("pr_max_classes", pr_max_classes, 1),
                   ("pr_max_samples", pr_max_samples, 1), ("misclassified", misclassified, 0),
-                  ("histogram_every_n_epochs", histogram_every_n_epochs, 1))
+                  ("histogram_every_n_epochs", histogram_every_n_epochs, 1),
+                  ("scatter_max_points", scatter_max_points, 1))
         for name, value, low in limits:
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
@@ -281,6 +412,8 @@ class TensorBoardViews(L.Callback):
         self.misclassified = misclassified
         self.histograms = histograms
         self.histogram_every_n_epochs = histogram_every_n_epochs
+        self.pred_vs_true = pred_vs_true
+        self.scatter_max_points = scatter_max_points
         self._logger: Any = None
         self._histogram_epoch = -1
         self._reset_test()
@@ -297,6 +430,18 @@ class TensorBoardViews(L.Callback):
     @staticmethod
     def _contract(trainer: L.Trainer) -> Any:
         return getattr(getattr(trainer, "datamodule", None), "contract", None)
+
+    @staticmethod
+    def _classifies(pl_module: L.LightningModule) -> bool:
+        """Whether the module's task outputs class probabilities (PR curves, mistakes); a module
+        without a task is taken for a classifier."""
+        task = getattr(pl_module, "task", None)
+        return task is None or "probabilities" in tuple(getattr(task, "outputs", ()))
+
+    @staticmethod
+    def _record(pl_module: L.LightningModule, split: str) -> dict[str, Any]:
+        """What the module's task kept of ``split`` at its last epoch end ({} when nothing)."""
+        return dict((getattr(pl_module, "split_records", None) or {}).get(split) or {})
 
     def _class_names(self, trainer: L.Trainer, n: int) -> list[str]:
         contract = self._contract(trainer)
@@ -321,10 +466,32 @@ class TensorBoardViews(L.Callback):
         image = render_confusion_matrix(matrix, self._class_names(trainer, n), title)
         writer.add_image(f"{split}/confusion_matrix", image, trainer.global_step, dataformats="HWC")
 
+    # ------------------------------------------------------------------ regression: pred vs true
+    def _log_regression(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, title: str) -> None:
+        writer = self._writer(trainer)
+        record = self._record(pl_module, split)
+        if writer is None or not self.pred_vs_true or not record:
+            return
+        step = trainer.global_step
+        pred, true = record.get("pred"), record.get("true")
+        if pred is not None and true is not None:
+            pred, true = finite_pairs(np.asarray(pred), np.asarray(true))
+            if pred.size:
+                keep = subsample(pred.size, self.scatter_max_points)
+                shown = f"{keep.size} of {pred.size} rows" if keep.size < pred.size else f"{pred.size} rows"
+                image = render_pred_vs_true(pred[keep], true[keep], f"{title}: predicted vs true, {shown}")
+                writer.add_image(f"{split}/pred_vs_true", image, step, dataformats="HWC")
+                writer.add_histogram(f"{split}/residuals", pred - true, step)
+        summary = record.get("residuals")
+        if summary and summary.get("rows"):
+            writer.add_text(f"{split}/residuals", residual_table(summary), step)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # after the module's on_validation_epoch_end, which stores confusion["val"]
+        # after the module's on_validation_epoch_end, which stores split_records["val"]
         if not trainer.sanity_checking:
-            self._log_confusion(trainer, pl_module, "val", f"validation, epoch {trainer.current_epoch}")
+            title = f"validation, epoch {trainer.current_epoch}"
+            self._log_confusion(trainer, pl_module, "val", title)
+            self._log_regression(trainer, pl_module, "val", title)
 
     # ------------------------------------------------------------------ test: PR curves, mistakes
     def _reset_test(self) -> None:
@@ -337,16 +504,16 @@ class TensorBoardViews(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset_test()
 
-    def _wants_forward(self, trainer: L.Trainer) -> bool:
-        # decided from config and data alone, so that every DDP rank takes the same path
+    def _wants_forward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        # decided from config, task and data alone, so that every DDP rank takes the same path
         images = self.misclassified > 0 and self._image_shape(trainer) is not None
-        return self._logger is not None and (self.pr_curves or images)
+        return self._logger is not None and self._classifies(pl_module) and (self.pr_curves or images)
 
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._wants_forward(trainer):
+        if not self._wants_forward(trainer, pl_module):
             return
         x, y = batch[0], batch[1]
         precision = trainer.precision_plugin
@@ -365,7 +532,8 @@ class TensorBoardViews(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_confusion(trainer, pl_module, "test", "test")
-        if self._wants_forward(trainer):
+        self._log_regression(trainer, pl_module, "test", "test")
+        if self._wants_forward(trainer, pl_module):
             if self.pr_curves:
                 self._log_pr_curves(trainer, pl_module)
             if self.misclassified > 0 and self._image_shape(trainer) is not None:
@@ -408,7 +576,10 @@ class TensorBoardViews(L.Callback):
 
     def _n_classes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
         contract = self._contract(trainer)
-        n = getattr(contract, "num_classes", None) or getattr(pl_module, "num_classes", None)
+        # without a datamodule (trainer.test(model, dataloaders=...)): the module's stored contract
+        stored = dict(getattr(pl_module, "hparams", None) or {}).get("contract") or {}
+        n = (getattr(contract, "num_classes", None) or len(stored.get("classes") or ())
+             or getattr(pl_module, "num_classes", None))
         if not n:
             raise RuntimeError("tensorboard_views: cannot tell the number of classes (no data contract)")
         return int(n)

@@ -3,11 +3,16 @@
 keel's own checks (:func:`keel.config.validate_config`) exit 2 with a message that names the
 key, the value, what is allowed and the fix. Mistakes Hydra catches itself while composing
 (an unknown key, an unknown group option, an experiment that does not exist, an override it
-cannot parse) are reported by ``hydra._internal.utils.run_and_report``, which prints Hydra's
-text and exits 1. :func:`run_app` puts a translating reporter in its place for the length of
-the call: Hydra's config errors and keel's errors become one ``error:`` message and exit 2;
-anything else (a crash while training) goes to Hydra's reporter unchanged, traceback
-included. ``HYDRA_FULL_ERROR=1`` keeps Hydra's full reports.
+cannot parse) are reported by Hydra's error reporter, which prints Hydra's text and exits 1.
+:func:`run_app` puts a translating reporter in its place for the length of the call: Hydra's
+config errors and keel's errors become one ``error:`` message and exit 2; anything else (a
+crash while training) goes to Hydra's reporter unchanged, traceback included.
+``HYDRA_FULL_ERROR=1`` keeps Hydra's full reports. :func:`exit_now` is keel's one fast exit
+after a finished command.
+
+Every reach into Hydra's (and CPython's) private names is in the section "Library reaches"
+below, each with its reason and the public alternative checked;
+tests/unit/test_library_reaches.py fails when one of them changes underneath.
 
 Light on purpose: hydra, omegaconf and the standard library only.
 """
@@ -18,15 +23,17 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import CodeType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig
 
 from keel.config.validate import ConfigError
 from keel.errors import KeelError
+from keel.fast_exit import exit_now  # noqa: F401 - keel's one fast exit, re-exported for train.py/export.py
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
@@ -37,6 +44,10 @@ def run_app(main: Callable[[], Any], argv: Sequence[str] | None = None) -> Any:
     Args:
         main: the decorated task; called without arguments, so Hydra parses ``sys.argv``.
         argv: the command-line overrides, for naming them in messages (default ``sys.argv[1:]``).
+
+    Raises:
+        SystemExit: 2 after a user's mistake (one ``error:`` line block on stderr); Hydra's own
+            exit status otherwise.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     text = fast_help(main, args)
@@ -44,48 +55,48 @@ def run_app(main: Callable[[], Any], argv: Sequence[str] | None = None) -> Any:
         print(text, flush=True)
         return None
 
-    import hydra._internal.utils as hydra_utils
-
-    hydra_report = hydra_utils.run_and_report
     script = Path(sys.argv[0]).name or "train.py"
-    task = getattr(getattr(main, "__wrapped__", None), "__code__", None)
-
+    task = getattr(getattr(main, "__wrapped__", None), "__code__", None)  # set by functools.wraps
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     held = _HeldJobError()
 
-    def run_and_report(func: Callable[[], Any]) -> Any:
+    def report(func: Callable[[], Any]) -> Any:
         try:
             return func()
         except Exception as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if full_error:
                 held.release()
                 raise
             message = user_error_message(e, args, script, task)
             if message is None:
                 held.release()
-                return hydra_report(_raising(e))
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            sys.exit(2)
+                return hydra_report(_raising(e))  # bound by the `with` below, before any call
+            _exit_with_message(message)
 
-    from hydra.core.utils import JobReturn
+    with _hydra_reaches(report, held.value) as hydra_report:
+        try:
+            return main()
+        except Exception as e:
+            # Hydra composes the config for --help outside its reporter: a mistake there (an
+            # unknown group option, a bad override) leaves main() as an exception
+            if not any(a in ("--help", "-h", "--hydra-help") for a in args) or full_error:
+                raise
+            message = user_error_message(e, args, script, task)
+            if message is None:
+                raise
+            _exit_with_message(message)
 
-    hydra_value = JobReturn.return_value
-    hydra_utils.run_and_report = run_and_report
-    JobReturn.return_value = property(held.value, hydra_value.fset)
-    try:
-        return main()
-    except Exception as e:
-        # Hydra composes the config for --help outside its reporter: a mistake there (an unknown
-        # group option, a bad override) would end in a raw traceback
-        if not any(a in ("--help", "-h", "--hydra-help") for a in args) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message = user_error_message(e, args, script, task)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    finally:
-        hydra_utils.run_and_report = hydra_report
-        JobReturn.return_value = hydra_value
+
+def _exit_with_message(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _raising(e: BaseException) -> Callable[[], Any]:
+    def again() -> Any:
+        raise e
+
+    return again
 
 
 HELP_ARGS = (["--help"], ["-h"])
@@ -109,9 +120,11 @@ def fast_help(main: Callable[[], Any], args: Sequence[str]) -> str | None:
     """
     if list(args) not in HELP_ARGS:
         return None
+    arguments = _hydra_main_arguments(main)
+    if arguments is None:
+        return None
     try:
-        cells = dict(zip(main.__code__.co_freevars, (c.cell_contents for c in main.__closure__ or ())))
-        config_path, config_name, task = cells["config_path"], cells["config_name"], cells["task_function"]
+        config_path, config_name, task = arguments["config_path"], arguments["config_name"], arguments["task_function"]
         if not (isinstance(config_path, str) and isinstance(config_name, str)) or "://" in config_path:
             return None
         import inspect
@@ -147,15 +160,71 @@ def fast_help(main: Callable[[], Any], args: Sequence[str]) -> str | None:
         return None
 
 
+# --- Library reaches ------------------------------------------------------------------------
+# Every private name of Hydra and CPython that keel touches, each for a user-visible behaviour
+# (one message and exit 2 for a config mistake; `--help` in 0.1 s; a fast exit). Checked
+# against hydra-core 1.3.8; tests/unit/test_library_reaches.py fails when one changes.
+
+
+@contextmanager
+def _hydra_reaches(
+    report: Callable[[Callable[[], Any]], Any], job_value: Callable[[Any], Any]
+) -> Iterator[Callable[[Callable[[], Any]], Any]]:
+    """For the ``with`` block, ``report`` is Hydra's error reporter and ``job_value`` the getter
+    of ``JobReturn.return_value``; yields Hydra's own reporter. Both are restored on leaving.
+
+    Private names touched:
+
+    - ``hydra._internal.utils.run_and_report(func)``: ``hydra.main`` -> ``_run_hydra`` and
+      ``_run_app`` call it, looked up as a module global each time, around every step
+      (``--config-dir``, creating Hydra, ``hydra.run``/``multirun``, ``--cfg``, shell
+      completion). On an exception it prints Hydra's text (or a trimmed traceback) and calls
+      ``sys.exit(1)``, so the exception never leaves ``main()``.
+    - ``hydra.core.utils.JobReturn.return_value``, a property: ``Hydra.run`` and
+      ``BasicSweeper.sweep`` read it to re-raise a failed job's exception, and its getter first
+      writes "Error executing job with overrides: [...]" to stderr: a second message beside
+      keel's. ``job_value`` holds that line back (:class:`_HeldJobError`); the setter stays
+      Hydra's. ``JobReturn._return_value`` is the field the getter reads.
+
+    Public alternatives checked (hydra-core 1.3.8 source, docs and issues), none giving the
+    same behaviour:
+
+    - ``hydra.experimental.callback.Callback.on_job_end(config, job_return)``: sees a job's
+      ``JobReturn``, but composition mistakes are raised before any job exists; it must be
+      listed under ``hydra.callbacks`` in every app's config; its exceptions become warnings
+      (``hydra._internal.callbacks.Callbacks._notify``), so the "Error executing job" line
+      could only be stopped by exiting inside the callback (inside a launcher's worker for -m).
+    - ``HYDRA_FULL_ERROR=1``: lets the exception leave ``main()``, but it is process
+      environment (inherited by the DDP re-launch of ``sys.argv`` and every child process,
+      where it would read as the user's choice), the "Error executing job" line is still
+      written, and any other error would end in a full traceback instead of Hydra's trimmed
+      one, which only ``run_and_report`` renders. Hydra 1.3 has no config key or API for its
+      reporter (facebookresearch/hydra#2923 asks for HYDRA_FULL_ERROR as config).
+    """
+    import hydra._internal.utils as hydra_utils
+    from hydra.core.utils import JobReturn
+
+    hydra_report = hydra_utils.run_and_report
+    hydra_value = JobReturn.return_value  # the property object (read on the class)
+    hydra_utils.run_and_report = report
+    JobReturn.return_value = property(job_value, hydra_value.fset)
+    try:
+        yield hydra_report
+    finally:
+        hydra_utils.run_and_report = hydra_report
+        JobReturn.return_value = hydra_value
+
+
 class _HeldJobError:
-    """Holds back Hydra's "Error executing job with overrides: [...]" line (it writes it to
-    stderr when a job failed): for a user's mistake keel prints one message instead; for
-    anything else the line is printed after all, before Hydra's report."""
+    """Holds back Hydra's "Error executing job with overrides: [...]" line (``JobReturn``'s
+    getter writes it to stderr when a job failed): for a user's mistake keel prints one message
+    instead; for anything else the line is printed after all, before Hydra's report."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
 
     def value(self, job: Any) -> Any:
+        """``JobReturn.return_value`` as Hydra's getter gives it, less the line on stderr."""
         from hydra.core.utils import JobStatus
 
         if job.status == JobStatus.COMPLETED:
@@ -169,42 +238,24 @@ class _HeldJobError:
             print(line, file=sys.stderr, flush=True)
 
 
-def exit_now(code: int = 0) -> None:
-    """Flush and end the process at once, skipping the interpreter's teardown.
+def _hydra_main_arguments(main: Callable[[], Any]) -> dict[str, Any] | None:
+    """The ``config_path``, ``config_name`` and ``task_function`` a ``@hydra.main`` function was
+    made with, or None when ``main`` is not one (as far as can be told).
 
-    After a finished run everything is written (checkpoints and records are fsynced, loggers
-    finalized); tearing down torch, ONNX and their modules would only add 1-2 s of waiting.
-    Call it only after a successful command.
+    Private: read from the closure of ``hydra.main``'s ``decorated_main``, whose free variables
+    are named so. Hydra keeps them nowhere public (``functools.wraps`` gives ``__wrapped__``,
+    the task alone); :func:`fast_help` needs the config directory to render ``--help`` without
+    Hydra's ~1 s composition. When the names differ, ``--help`` is Hydra's again (slower).
     """
-    import atexit
-    import logging
-
-    if _has_child_processes():
-        return  # e.g. joblib's worker pool: the normal exit stops it (else it holds our stdout open)
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`| head`): nothing left to say
-            pass
-    os._exit(code)
-
-
-def _has_child_processes() -> bool:
-    """Whether this process has live children (Linux /proc; elsewhere assume it may)."""
-    tasks = Path(f"/proc/{os.getpid()}/task")
     try:
-        return any((t / "children").read_text().strip() for t in tasks.iterdir())
-    except OSError:
-        return True
+        cells = dict(zip(main.__code__.co_freevars, (c.cell_contents for c in main.__closure__ or ())))
+    except (AttributeError, ValueError):  # not a closure, or a cell not yet filled
+        return None
+    names = ("config_path", "config_name", "task_function")
+    return {n: cells[n] for n in names} if all(n in cells for n in names) else None
 
 
-def _raising(e: BaseException) -> Callable[[], Any]:
-    def again() -> Any:
-        raise e
-
-    return again
+# --- Messages for a user's mistake ------------------------------------------------------------
 
 
 def user_error_message(
@@ -404,4 +455,4 @@ def _omegaconf_problem(e: BaseException, script: str) -> str:
     )
 
 
-__all__ = ["hydra_problems", "run_app", "user_error_message"]
+__all__ = ["exit_now", "hydra_problems", "run_app", "user_error_message"]

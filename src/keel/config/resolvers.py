@@ -49,11 +49,19 @@ def _net_input(contract: DictConfig | None) -> list[int] | None:
 
 
 def _num_classes(contract: DictConfig | None) -> int | None:
-    return None if contract is None or isinstance(contract, str) else len(contract.classes)
+    return None if contract is None or isinstance(contract, str) else len(contract.get("classes") or ())
+
+
+def _num_outputs(contract: DictConfig | None) -> int | None:
+    """The net's output width: the number of classes, or 1 for a regression contract; None when
+    the contract is inferred at setup (then the data fills it in)."""
+    if contract is None or isinstance(contract, str):
+        return None
+    return 1 if contract.get("task", "classification") == "regression" else len(contract.get("classes") or ())
 
 
 def register_resolvers() -> None:
-    """Register ``${len:..}``, ``${keel.uid:}``, ``${keel.net_input:..}``, ``${keel.num_classes:..}``,
+    """Register ``${len:..}``, ``${keel.uid:}``, ``${keel.net_input:..}``, ``${keel.num_classes:..}``, ``${keel.num_outputs:..}``,
     ``${keel.rank_zero_value:NAME,VALUE}`` (rank 0's VALUE on every torchrun rank, see
     keel.distributed.rank_zero_value) and ``${keel.rank_zero_only:VALUE[,OTHER]}``; safe to call
     more than once."""
@@ -64,6 +72,7 @@ def register_resolvers() -> None:
         "keel.rank_zero_only": _rank_zero_only,
         "keel.net_input": _net_input,
         "keel.num_classes": _num_classes,
+        "keel.num_outputs": _num_outputs,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

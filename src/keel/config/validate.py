@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from keel.errors import KeelError
-from keel.models.metric_names import METRIC_NAMES, PER_SPLIT, train_metric_set
+from keel.tasks import TASKS, get_task
 
 _MISSING = object()
 
@@ -108,7 +108,8 @@ def _class_weights(v: Any) -> bool:
 
 _PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine")
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-_METRICS = ", ".join(METRIC_NAMES)
+_MODULES = ("keel.models.TaskModule", "keel.models.module.TaskModule", "keel.models.Classifier",
+            "keel.models.classifier.Classifier", "keel.models.module.Classifier")
 
 # Export and int8 options: in the train config (callbacks=default) and in export.yaml.
 BUNDLE_RULES: tuple[Rule, ...] = (
@@ -123,10 +124,13 @@ BUNDLE_RULES: tuple[Rule, ...] = (
     Rule("callbacks.quantize.calibration_batches", _int_ge(1), "an integer >= 1", "callbacks.quantize.calibration_batches=8"),
     Rule("callbacks.quantize.batch_size", _int_ge(1), "an integer >= 1", "callbacks.quantize.batch_size=64"),
     Rule("callbacks.quantize.max_accuracy_drop", _num_in(0, 1), "a fraction in [0, 1]", "callbacks.quantize.max_accuracy_drop=0.01"),
+    Rule("callbacks.quantize.max_rmse_increase", _num_in(0, float("inf")), "a fraction >= 0 (0.01: rmse up by at most 1%)",
+         "callbacks.quantize.max_rmse_increase=0.01"),
     Rule("callbacks.quantize.per_channel", _one_of(True, False), "true or false", "callbacks.quantize.per_channel=true"),
 )
 
 RULES: tuple[Rule, ...] = (
+    Rule("task", _one_of("auto", *TASKS), f"auto or one of: {', '.join(TASKS)}", "task=regression"),
     Rule("seed", _int_ge(0), "an integer >= 0", "seed=42", optional=False),
     Rule("data.path", _text, "the path of a .csv/.tsv/.parquet file", "data.path=my.csv"),
     Rule("data.target", _text, "the name of the label column", "data.target=label"),
@@ -163,14 +167,11 @@ RULES: tuple[Rule, ...] = (
     Rule("scheduler.frequency", _int_ge(1), "an integer >= 1", "scheduler.frequency=1"),
     Rule("scheduler.warmup", _int_ge(0), "an integer >= 0 (epochs or steps, per scheduler.interval)", "scheduler.warmup=2"),
     Rule("scheduler.warmup_start_factor", _num_in(0, 1, lo_open=True), "a number in (0, 1]", "scheduler.warmup_start_factor=0.1"),
-    Rule("scheduler.monitor", _none_or(_one_of(*METRIC_NAMES)), f"null or a logged metric: {_METRICS}", "scheduler.monitor=val/loss"),
     Rule("model.loss.label_smoothing", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "model.loss.label_smoothing=0.1"),
     Rule("model.loss.class_weights", _class_weights, "null, 'balanced' or a list of positive numbers", "model.loss.class_weights=balanced"),
     Rule("model.no_decay_bias_norm", _one_of(True, False), "true or false", "model.no_decay_bias_norm=true"),
     Rule("model.compile", _one_of(True, False), "true or false", "model.compile=true"),
     Rule("model.channels_last", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false", "model.channels_last=auto"),
-    Rule("model.train_metrics", lambda v: _train_metrics(v) is not None,
-         f"all or a list of {', '.join(PER_SPLIT)}", "model.train_metrics=[loss,acc]"),
     Rule("model.net.hidden", _ints_ge(1), "a non-empty list of layer widths >= 1", "model.net.hidden=[256,128]"),
     Rule("model.net.channels", _ints_ge(1), "a non-empty list of channel counts >= 1", "model.net.channels=[32,64]"),
     Rule("model.net.dropout", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "model.net.dropout=0.1"),
@@ -190,10 +191,11 @@ RULES: tuple[Rule, ...] = (
          "callbacks.progress_bar.min_interval=0.1"),
     Rule("callbacks.model_checkpoint.save_top_k", _int_ge(-1), "an integer >= -1 (-1: keep all)", "callbacks.model_checkpoint.save_top_k=1"),
     *BUNDLE_RULES,
-    Rule("monitor.metric", _one_of(*METRIC_NAMES), f"a logged metric: {_METRICS}", "monitor.metric=val/acc", optional=False),
-    Rule("monitor.mode", _one_of("min", "max"), "one of: min, max", "monitor.mode=max", optional=False),
-    Rule("optimized_metric", _none_or(_one_of(*METRIC_NAMES)), f"null or a logged metric: {_METRICS}", "optimized_metric=val/acc_best", optional=False),
-    Rule("ckpt_path", _none_or(lambda v: isinstance(v, str) and v != ""), "null or a path to a .ckpt file", "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt", optional=False),
+    Rule("monitor.mode", _one_of("auto", "min", "max"), "one of: auto (the metric's way), min, max", "monitor.mode=auto",
+         optional=False),
+    Rule("ckpt_path", _none_or(lambda v: isinstance(v, str) and v != ""),
+         "null, auto (the newest complete checkpoint of run_dir) or a path to a .ckpt file",
+         "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt", optional=False),
 )
 
 
@@ -206,36 +208,92 @@ EXPORT_RULES: tuple[Rule, ...] = (
 )
 
 
-def _train_metrics(value: Any) -> tuple[str, ...] | None:
-    """``model.train_metrics`` as names, or None when it is not ``all`` or a list of metric names."""
+def _tasks(cfg: DictConfig) -> list[Any]:
+    """The task objects the config may run: its ``task``, or every task while it is ``auto``
+    (the data decides at setup; a name any task logs is accepted until then)."""
+    task = _select(cfg, "task")
+    return [get_task(task)] if task in TASKS else [get_task(t) for t in TASKS]
+
+
+def _names(tasks: list[Any], train_metrics: Any = "all") -> list[str]:
+    names: list[str] = []
+    for task in tasks:
+        try:
+            logged = task.logged_names(train_metrics)
+        except ValueError:
+            logged = task.metric_names()
+        names += [n for n in logged if n not in names]
+    return names
+
+
+def _train_metrics(value: Any) -> Any:
     if isinstance(value, ListConfig):
-        value = OmegaConf.to_container(value, resolve=True)
-    try:
-        return train_metric_set(value)
-    except ValueError:
-        return None
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
-def _unlogged_train_metric_problems(cfg: DictConfig) -> list[str]:
-    """A monitored or optimized ``train/`` metric that ``model.train_metrics`` leaves out."""
-    value = _select(cfg, "model.train_metrics")
-    target = _select(cfg, "model._target_")
-    if value is _MISSING and target not in (_MISSING, "keel.models.Classifier", "keel.models.classifier.Classifier"):
-        return []  # another LightningModule: what it logs is its own
-    chosen = _train_metrics(None if value is _MISSING else value)  # absent: the Classifier's default
-    if chosen is None:
-        return []  # not a valid setting: its own rule reports it
+def _task_problems(cfg: DictConfig) -> list[str]:
+    """The keys whose allowed values depend on the task: the monitored, optimized and scheduler
+    metrics, ``model.train_metrics`` and ``model.loss``; each problem names the task."""
+    tasks = _tasks(cfg)
+    label = tasks[0].name if len(tasks) == 1 else " or ".join(t.name for t in tasks) + " (task=auto)"
+    ours = _select(cfg, "model._target_") in (*_MODULES, _MISSING)
     problems = []
-    for key in ("monitor.metric", "optimized_metric", "scheduler.monitor"):
-        name = _select(cfg, key)
-        if key == "scheduler.monitor" and name == _select(cfg, "monitor.metric"):
-            continue  # ${monitor.metric} (scheduler=plateau): reported once, for monitor.metric
-        if isinstance(name, str) and name.startswith("train/") and name[len("train/"):] not in chosen:
-            metric = name[len("train/"):]
-            problems.append(
-                f"{key}={name!r} is not logged: model.train_metrics={list(chosen)} leaves out {metric}."
-                f" Fix: model.train_metrics=all (or add {metric} to the list), or {key}=val/{metric}"
-            )
+    train = _train_metrics(_select(cfg, "model.train_metrics"))
+    train = None if train is _MISSING else train
+    if ours:
+        errors = []
+        for task in tasks:
+            try:
+                task.train_metric_set(train)
+            except ValueError as e:
+                errors.append(str(e))
+        if len(errors) == len(tasks):
+            problems.append(errors[0])
+    names = _names(tasks, train)
+    shown = ", ".join(names)
+    for key, auto, nullable, example in (("monitor.metric", True, False, tasks[0].monitor),
+                                         ("optimized_metric", True, True, tasks[0].optimized),
+                                         ("scheduler.monitor", True, True, "val/loss")):
+        value = _select(cfg, key)
+        if value is _MISSING:
+            if key == "monitor.metric":
+                problems.append(f"monitor.metric is missing: expected auto or a logged metric. Fix: +monitor.metric=auto")
+            continue
+        if key == "scheduler.monitor" and value == _select(cfg, "monitor.metric"):
+            continue  # ${monitor.metric} (scheduler=plateau): checked once, as monitor.metric
+        if (value is None and nullable) or (value == "auto" and auto) or not ours:
+            continue
+        if value in names:
+            continue
+        if isinstance(value, str) and value.startswith("train/") and value in _names(tasks, "all"):
+            metric = value[len("train/"):]
+            try:
+                chosen = list(tasks[0].train_metric_set(train))
+            except ValueError:
+                continue  # not a valid setting: reported above
+            problems.append(f"{key}={value!r} is not logged: model.train_metrics={chosen!r} leaves out {metric}. "
+                            f"Fix: model.train_metrics=all (or add {metric} to the list), or {key}=val/{metric}")
+            continue
+        problems.append(f"{key}={_show(value)}: expected {'null, ' if nullable else ''}auto or a metric that "
+                        f"{label} logs: {shown}. Fix: e.g. {key}={example}")
+    metric, mode = _select(cfg, "monitor.metric"), _select(cfg, "monitor.mode")
+    if ours and isinstance(metric, str) and metric in names and mode in ("min", "max"):
+        way = tasks[0].mode(metric) if len(tasks) == 1 else None
+        if way is not None and way != mode:
+            problems.append(f"monitor.mode={mode} with monitor.metric={metric}: {metric} improves toward its "
+                            f"{'maximum' if way == 'max' else 'minimum'}, so checkpoints and early stopping would "
+                            f"keep the worst epochs. Fix: monitor.mode=auto (or monitor.mode={way})")
+    loss = _select(cfg, "model.loss")
+    if ours and isinstance(loss, DictConfig):
+        loss = OmegaConf.to_container(loss, resolve=True)
+        if len(tasks) == 1:
+            problems += tasks[0].loss_problems(loss)
+        else:
+            allowed = sorted({n for t in tasks for n in t.losses})
+            if loss.get("name", "auto") not in ("auto", None, *allowed):
+                problems.append(f"model.loss.name={loss.get('name')!r}: expected auto or one of {', '.join(allowed)}. "
+                                "Fix: model.loss.name=auto")
     return problems
 
 
@@ -354,8 +412,8 @@ def _file_problems(cfg: DictConfig) -> list[str]:
                                  "data.root=<the folder with the 4 IDX files>", folder=True))
     problems.append(_contract_problem(_select(cfg, "data.contract")))
     ckpt = _select(cfg, "ckpt_path")
-    if _text(ckpt):
-        problems.append(_no_file("ckpt_path", ckpt, "a .ckpt file written by keel",
+    if _text(ckpt) and ckpt != "auto":
+        problems.append(_no_file("ckpt_path", ckpt, "a .ckpt file written by keel (or auto)",
                                  "give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt"))
     return [p for p in problems if p]
 
@@ -415,7 +473,7 @@ def validate_config(cfg: DictConfig) -> None:
                 f"data.drift.{kind}_warn={warn:g} > data.drift.{kind}_alert={alert:g}: expected warn <= alert."
                 f" Fix: e.g. data.drift.{kind}_warn={alert:g}"
             )
-    problems += _unlogged_train_metric_problems(cfg)
+    problems += _task_problems(cfg)
     if str(_select(cfg, "model.net._target_")).endswith(".CNN") and _select(cfg, "model.net.norm") == "layer":
         problems.append("model.net.norm='layer' with model=cnn: expected batch or none. Fix: model.net.norm=batch")
     problems += _file_problems(cfg)

@@ -8,6 +8,7 @@ _EXPORTS = {
     "MNISTDataModule": "keel.data.mnist",
     "TableDataModule": "keel.data.table",
     "BreastCancerDataModule": "keel.data.table",
+    "DiabetesDataModule": "keel.data.diabetes",
     "TableContract": "keel.data.table_contract",
     "infer_contract": "keel.data.table_contract",
     "read_table": "keel.data.table",
@@ -18,6 +19,7 @@ _EXPORTS = {
     "ContractViolationError": "keel.data.contract",
     "ContractError": "keel.data.contract",
     "stratified_split": "keel.data.split",
+    "quantile_strata": "keel.data.split",
 }
 
 __all__ = list(_EXPORTS)

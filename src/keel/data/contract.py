@@ -3,6 +3,11 @@
 A contract is plain data (it round-trips through ``to_dict``), so it is stored in every
 checkpoint and carried into exported bundles. ``check`` returns every violation at once;
 ``validate`` raises :class:`ContractViolationError` listing all of them.
+
+The target is either class labels (``task: classification``, the default: a list of
+``classes``) or a number (``task: regression``: optional inclusive ``target_range``, no
+classes). A classification contract's ``to_dict`` has no ``task`` key, so contracts written
+before regression existed keep their fingerprints.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 from keel.errors import KeelError
 
 MAX_EXAMPLES = 5
+CLASSIFICATION, REGRESSION = "classification", "regression"
+CONTRACT_TASKS = (CLASSIFICATION, REGRESSION)
 # Models take float32 input: a finite float64 beyond this becomes Inf when it is cast.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -155,17 +162,111 @@ def _examples(rows: np.ndarray, values: np.ndarray) -> tuple[tuple[int, Any], ..
     return tuple((int(i), plain_value(v)) for i, v in zip(rows[:MAX_EXAMPLES], values[:MAX_EXAMPLES]))
 
 
+def _spec_task(spec: dict[str, Any], problems: list[str]) -> str:
+    """Pop the spec's ``task`` (default classification); a bad value is named in ``problems``."""
+    task = spec.pop("task", CLASSIFICATION)
+    if task is None:
+        return CLASSIFICATION
+    if not (isinstance(task, str) and task in CONTRACT_TASKS):
+        problems.append(f"task={task!r}: expected classification (a list of `classes`) or regression (a numeric "
+                        "target, optional `target_range`)")
+        return CLASSIFICATION
+    return task
+
+
+def task_key_problems(spec: Mapping[str, Any], task: str, class_keys: Sequence[str]) -> list[str]:
+    """Keys that belong to the other task: ``classes`` (and ``class_names``) in a regression
+    contract, ``target_range`` in a classification one; each with its fix."""
+    if task == REGRESSION:
+        return [f"{k}: a regression contract has no {k} (its target is a number). Fix: remove {k}, or set "
+                "task: classification" for k in class_keys if k in spec]
+    if "target_range" in spec:
+        return ["target_range: applies to `task: regression` (a numeric target); a classification contract lists "
+                "its `classes`. Fix: remove target_range, or set task: regression (and remove classes)"]
+    return []
+
+
+def parse_target_range(rng: Any, problems: list[str]) -> tuple[float, float] | None:
+    """``target_range`` as ``(low, high)`` floats, or None; a malformed one is named in ``problems``."""
+    if rng is None:
+        return None
+    if not (isinstance(rng, Sequence) and not isinstance(rng, str) and len(rng) == 2
+            and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    and math.isfinite(float(v)) for v in rng)
+            and float(rng[0]) <= float(rng[1])):
+        problems.append(f"target_range={rng!r}: expected [low, high] (finite numbers, low <= high), or null "
+                        "(any finite number)")
+        return None
+    return float(rng[0]), float(rng[1])
+
+
+def check_targets(values: np.ndarray, n: int, target_range: tuple[float, float] | None) -> list[Violation]:
+    """Row-level checks of a 1-D regression target ``values`` (``n`` rows): numbers only
+    (``dtype``), no missing, NaN, Inf or value beyond the float32 range (``finite``), inside
+    ``target_range`` (``range``). Row ids are positions in ``values``."""
+    out: list[Violation] = []
+    y = values
+    if y.dtype.kind not in "iuf" and y.dtype.kind != "O":
+        return [Violation("dtype", "label", n, n, detail=f"dtype {y.dtype}, expected numbers")]
+    if y.dtype.kind == "O":  # Python objects: numbers pass, None/NaN are missing, anything else is not a number
+        num = np.full(n, np.nan)
+        wrong = np.zeros(n, dtype=bool)
+        for i, v in enumerate(y.tolist()):
+            if v is None:
+                continue
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+                try:
+                    num[i] = float(v)
+                except OverflowError:  # an int beyond float64: not a finite float32 either
+                    num[i] = np.inf
+            else:
+                wrong[i] = True
+        rows = np.flatnonzero(wrong)
+        if rows.size:
+            out.append(Violation("dtype", "label", int(rows.size), n, _examples(rows, y[rows]),
+                                 "expected numbers", rows))
+        raw = y
+        missing = ~wrong & np.isnan(num)
+    else:
+        num = y.astype(np.float64)
+        raw = y
+        missing = np.isnan(num)
+    with np.errstate(invalid="ignore"):
+        bad = missing | np.isinf(num) | (np.abs(num) > FLOAT32_MAX)
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        detail = "missing, NaN or Inf target"
+        if np.any(np.isfinite(num[rows])):
+            detail += ", or beyond the float32 range (|value| > 3.4e38)"
+        out.append(Violation("finite", "label", int(rows.size), n, _examples(rows, raw[rows]),
+                             detail, rows))
+    if target_range is not None:
+        lo, hi = target_range
+        with np.errstate(invalid="ignore"):
+            outside = (num < lo) | (num > hi)  # NaN compares False; Inf fails here too, as for features
+        rows = np.flatnonzero(outside)
+        if rows.size:
+            out.append(Violation("range", "label", int(rows.size), n, _examples(rows, raw[rows]),
+                                 f"allowed [{lo:g}, {hi:g}]", rows))
+    return out
+
+
 @dataclass(frozen=True)
 class TensorContract:
-    """Expectations for tensor data (images, fixed-size feature arrays) and integer labels.
+    """Expectations for tensor data (images, fixed-size feature arrays) and their target:
+    integer labels (classification) or a number (regression).
 
     Args:
         name: contract name, shown in reports.
         shape: shape of one sample; the batch axis is free.
         dtype: numpy dtype name of the features, e.g. ``float32``.
         range: inclusive ``[low, high]`` of every feature value, or None.
-        finite: whether NaN/Inf are forbidden.
-        classes: allowed label values (integers); their order defines the logits.
+        finite: whether NaN/Inf are forbidden in the features.
+        classes: allowed label values (integers); their order defines the logits. ``()`` for
+            regression.
+        task: ``classification`` or ``regression``.
+        target_range: regression only: inclusive ``(low, high)`` of the target, or None (any
+            finite number). A regression target is always numeric and finite.
     """
 
     name: str
@@ -174,15 +275,28 @@ class TensorContract:
     classes: tuple[int, ...]
     range: tuple[float, float] | None = None
     finite: bool = True
+    task: str = CLASSIFICATION
+    target_range: tuple[float, float] | None = None
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> TensorContract:
-        """Build from config data; :class:`ContractError` names every malformed field."""
+        """Build from config data; :class:`ContractError` names every malformed field.
+
+        ``task`` (optional): ``classification`` (default; ``classes`` required) or
+        ``regression`` (no ``classes``; optional ``target_range``)."""
         spec = dict(spec)
         kind = spec.pop("kind", "tensor")  # present in to_dict() output
-        allowed = {"name", "shape", "dtype", "classes", "range", "finite"}
-        problems = [f"unknown key {k!r} (allowed: {sorted(allowed)})" for k in spec if k not in allowed]
-        problems += [f"missing key {k!r}" for k in ("name", "shape", "dtype", "classes") if k not in spec]
+        problems: list[str] = []
+        task = _spec_task(spec, problems)
+        regression = task == REGRESSION
+        common = {"name", "shape", "dtype", "range", "finite"}
+        allowed = common | {"target_range"} if regression else common | {"classes"}
+        other = {"classes"} if regression else {"target_range"}  # named by task_key_problems
+        problems += [f"unknown key {k!r} (allowed: {sorted(allowed)})" for k in spec if k not in allowed | other]
+        required = ("name", "shape", "dtype") if regression else ("name", "shape", "dtype", "classes")
+        problems += [f"missing key {k!r}" + (" (or `task: regression` for a numeric target)" if k == "classes" else "")
+                     for k in required if k not in spec]
+        problems += task_key_problems(spec, task, ("classes",))
         if kind != "tensor":
             problems.append(f"kind={kind!r}: a TensorContract has kind 'tensor'")
         if problems:
@@ -194,11 +308,14 @@ class TensorContract:
             problems.append(
                 f"dtype={spec['dtype']!r}: expected a numpy dtype name such as float32 (a bool, integer or float type)"
             )
-        classes = spec["classes"]
-        if not (isinstance(classes, Sequence) and len(classes) >= 2 and all(_is_int(c) for c in classes)):
+        classes = () if regression else spec["classes"]
+        if regression:
+            pass
+        elif not (isinstance(classes, Sequence) and len(classes) >= 2 and all(_is_int(c) for c in classes)):
             problems.append(f"classes={classes!r}: expected a list of at least 2 integer labels")
         elif len(set(classes)) != len(classes):
             problems.append(f"classes={list(classes)!r}: labels must be unique")
+        target_range = parse_target_range(spec.get("target_range"), problems) if regression else None
         rng = spec.get("range")
         if rng is not None and not (
             isinstance(rng, Sequence) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng) and rng[0] <= rng[1]
@@ -213,19 +330,25 @@ class TensorContract:
             classes=tuple(int(c) for c in classes),
             range=None if rng is None else (float(rng[0]), float(rng[1])),
             finite=bool(spec.get("finite", True)),
+            task=task,
+            target_range=target_range,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (lists, numbers, strings): safe for ``torch.load(weights_only=True)``."""
-        return {
-            "kind": "tensor",
-            "name": self.name,
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "classes": list(self.classes),
-            "range": None if self.range is None else list(self.range),
-            "finite": self.finite,
-        }
+        """Plain data (lists, numbers, strings): safe for ``torch.load(weights_only=True)``.
+
+        Classification: the keys contracts have always had (no ``task``), so fingerprints of
+        existing contracts do not change. Regression: ``task`` and ``target_range``, no ``classes``.
+        """
+        out: dict[str, Any] = {"kind": "tensor", "name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.task == REGRESSION:
+            out["task"] = REGRESSION
+            out["target_range"] = None if self.target_range is None else list(self.target_range)
+        else:
+            out["classes"] = list(self.classes)
+        out["range"] = None if self.range is None else list(self.range)
+        out["finite"] = self.finite
+        return out
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON form: equal contracts have equal fingerprints."""
@@ -240,7 +363,10 @@ class TensorContract:
         return [str(c) for c in self.classes]
 
     def encode_labels(self, y: Any) -> np.ndarray:
-        """Labels -> int64 class indices in ``classes`` order (call after a clean check)."""
+        """Classification: labels -> int64 class indices in ``classes`` order; regression: the
+        target as float32 values (call after a clean check)."""
+        if self.task == REGRESSION:
+            return np.asarray(y, dtype=np.float32)
         y = np.asarray(y)
         order = np.argsort(self.classes)
         sorted_classes = np.asarray(self.classes)[order]
@@ -248,7 +374,7 @@ class TensorContract:
         return order[np.clip(pos, 0, len(order) - 1)].astype(np.int64)
 
     def check(self, x: Any, y: Any | None, split: str, row_ids: Any | None = None) -> ContractReport:
-        """Check features ``x`` (N, *shape) and labels ``y`` (N,); return every violation.
+        """Check features ``x`` (N, *shape) and labels or targets ``y`` (N,); return every violation.
 
         ``row_ids`` (N,) maps rows to their index in the source (file or dataset), so the
         examples in the report point at the source rows; default: position in ``x``.
@@ -323,7 +449,10 @@ class TensorContract:
     def _check_labels(self, y: np.ndarray, n: int) -> list[Violation]:
         out: list[Violation] = []
         if y.ndim != 1 or y.shape[0] != n:
-            return [Violation("shape", "label", n, n, detail=f"labels have shape {list(y.shape)}, expected [{n}]")]
+            what = "targets" if self.task == REGRESSION else "labels"
+            return [Violation("shape", "label", n, n, detail=f"{what} have shape {list(y.shape)}, expected [{n}]")]
+        if self.task == REGRESSION:
+            return check_targets(y, n, self.target_range)
         if np.issubdtype(y.dtype, np.floating):
             nan = np.flatnonzero(~np.isfinite(y))
             if nan.size:
@@ -390,6 +519,7 @@ def contract_from_dict(spec: Mapping[str, Any]) -> Any:
 
 
 __all__ = [
-    "FLOAT32_MAX", "ContractError", "ContractReport", "ContractViolationError", "TensorContract", "Violation",
-    "contract_from_dict", "load_contract_spec", "plain_value",
+    "CLASSIFICATION", "CONTRACT_TASKS", "FLOAT32_MAX", "REGRESSION", "ContractError", "ContractReport",
+    "ContractViolationError", "TensorContract", "Violation", "check_targets", "contract_from_dict",
+    "load_contract_spec", "parse_target_range", "plain_value", "task_key_problems",
 ]

@@ -10,7 +10,8 @@ from keel.data.in_memory import InMemoryDataModule
 class DigitsDataModule(InMemoryDataModule):
     """``sklearn.datasets.load_digits``: images ``(N, 1, 8, 8)`` float32 in [0, 16], labels 0-9.
 
-    Arguments as :class:`InMemoryDataModule`.
+    Arguments as :class:`InMemoryDataModule` (``task`` included: ``auto`` or
+    ``classification`` with the digits contract).
     """
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:

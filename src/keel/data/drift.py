@@ -1,9 +1,9 @@
 """Drift and leakage statistics between a reference split (train) and another split, numpy only.
 
-Numeric features are binned on quantiles of the reference; categorical features and labels
-are compared category by category. Per feature the report gives PSI, KL(current || reference)
-and Jensen-Shannon divergence of epsilon-smoothed bin fractions; ``shared_rows`` counts exact
-duplicate rows across two splits (leakage).
+Numeric features (and a regression target) are binned on quantiles of the reference;
+categorical features and class labels are compared category by category. Per feature the
+report gives PSI, KL(current || reference) and Jensen-Shannon divergence of epsilon-smoothed
+bin fractions; ``shared_rows`` counts exact duplicate rows across two splits (leakage).
 
 Definitions, with ``p`` the current and ``q`` the reference fractions over the same bins::
 
@@ -39,6 +39,7 @@ __all__ = [
     "reference_stats",
     "compare",
     "label_shift",
+    "target_drift",
     "shared_rows",
     "drift_report",
     "format_report",
@@ -571,6 +572,31 @@ def label_shift(reference_labels: np.ndarray, labels: np.ndarray, classes: Seque
     }
 
 
+# --------------------------------------------------------------------------- regression target
+
+
+TARGET = "target"
+
+
+def target_drift(reference: dict, values: np.ndarray, thresholds: DriftThresholds) -> dict:
+    """Drift of a regression target against its reference stats, as a numeric feature's.
+
+    Args:
+        reference: the target's stats: ``reference_stats({"target": y}, {"target": "numeric"},
+            bins)["features"]["target"]``.
+        values: the current split's target values (1-D numbers).
+        thresholds: PSI warn/alert levels (PSI decides, as for numeric features) and ``epsilon``.
+
+    Returns:
+        What :func:`compare` gives a numeric feature: ``kind, psi, kl, js, status, count,
+        missing_rate, mean, out_of_range``, plain data.
+
+    Raises:
+        DriftError: non-numeric or non-1-D values.
+    """
+    return _compare_numeric(reference, _as_float(values, TARGET), thresholds)
+
+
 # --------------------------------------------------------------------------- shared rows
 
 
@@ -756,8 +782,10 @@ def drift_report(
     thresholds: DriftThresholds,
     reference_rows: np.ndarray | Mapping[str, np.ndarray] | None = None,
     split_rows: Mapping[str, Any] | None = None,
+    reference_target: np.ndarray | None = None,
+    split_targets: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
-    """Reference stats, then feature drift, label shift and leakage for every split.
+    """Reference stats, then feature drift, label shift (or target drift) and leakage for every split.
 
     Args:
         reference_columns, kinds: as :func:`reference_stats` (binned with ``thresholds.bins``).
@@ -768,20 +796,34 @@ def drift_report(
         thresholds: warn/alert levels, bins and smoothing.
         reference_rows, split_rows: rows for :func:`shared_rows` (array or column mapping);
             leakage is computed for the splits in ``split_rows``, None elsewhere.
+        reference_target, split_targets: a regression target (reference values, and values
+            per split; every split needed): compared as a numeric distribution
+            (:func:`target_drift`, bins from the reference). None: no target drift.
 
     Returns:
         ``{"thresholds", "reference", "splits": {name: {"features", "summary", "labels",
         "leakage", "status"}}, "status"}``, plain data. A split's status is the worst of its
-        features and labels, and at least ``warn`` when it shares rows with the reference.
+        features and labels (or target), and at least ``warn`` when it shares rows with the
+        reference. With ``reference_target``: each split also has ``"target"``
+        (:func:`target_drift`) and the report ``"target_reference"`` (the target's reference
+        stats, as a numeric feature's in ``reference``); ``"reference"`` holds the features only.
 
     Raises:
-        DriftError: as the functions above; splits without labels; ``split_rows`` without
-            ``reference_rows`` or naming unknown splits.
+        DriftError: as the functions above; splits without labels or targets; ``split_rows``
+            without ``reference_rows`` or naming unknown splits.
     """
     if reference_labels is not None:
         unlabeled = [s for s in splits if s not in split_labels]
         if unlabeled:
             raise DriftError(f"splits without labels: {unlabeled}; add them to split_labels or pass reference_labels=None")
+    target_ref = None
+    if reference_target is not None:
+        missing = [s for s in splits if s not in (split_targets or {})]
+        if missing:
+            raise DriftError(f"splits without targets: {missing}; add them to split_targets or pass "
+                             "reference_target=None")
+        target_ref = reference_stats({TARGET: reference_target}, {TARGET: "numeric"}, bins=thresholds.bins)
+        target_ref = target_ref["features"][TARGET]
     if split_rows:
         if reference_rows is None:
             raise DriftError("split_rows given without reference_rows: pass the reference rows too")
@@ -801,21 +843,25 @@ def drift_report(
         status = [drift["status"]]
         if labels is not None:
             status.append(labels["status"])
+        target = None
+        if target_ref is not None:
+            target = target_drift(target_ref, split_targets[name], thresholds)
+            status.append(target["status"])
         if leakage is not None and leakage["count"]:
             status.append("warn")
-        out[name] = {
-            "features": drift["features"],
-            "summary": drift["summary"],
-            "labels": labels,
-            "leakage": leakage,
-            "status": _worst(status),
-        }
-    return {
+        entry: dict[str, Any] = {"features": drift["features"], "summary": drift["summary"], "labels": labels}
+        if target_ref is not None:  # regression only: classification reports keep their keys
+            entry["target"] = target
+        out[name] = {**entry, "leakage": leakage, "status": _worst(status)}
+    report = {
         "thresholds": thresholds.to_dict(),
         "reference": stats,
         "splits": out,
         "status": _worst([s["status"] for s in out.values()]),
     }
+    if target_ref is not None:
+        report["target_reference"] = target_ref
+    return report
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -823,8 +869,9 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 
 
 def format_report(report: dict, max_features: int = 10) -> str:
-    """A few lines per split: status, label shift, leakage and the ``max_features`` features
-    most severe relative to their alert threshold (PSI for numeric, JS for categorical)."""
+    """A few lines per split: status, label shift (or a regression target's drift), leakage and
+    the ``max_features`` features most severe relative to their alert threshold (PSI for
+    numeric, JS for categorical)."""
     t = report.get("thresholds") or DriftThresholds().to_dict()
     lines = [
         f"drift report: {report['status'].upper()} "
@@ -841,6 +888,13 @@ def format_report(report: dict, max_features: int = 10) -> str:
             unknown = labels["unknown"]["current"]
             extra = f", {unknown:.2%} unknown" if unknown else ""
             lines.append(f"  labels: js {_fmt(labels['js'])}, psi {_fmt(labels['psi'])} ({labels['status']}{extra})")
+        target = split.get("target")
+        if target is not None:
+            notes = [f"mean {_fmt(target['mean']['reference'], 3)} -> {_fmt(target['mean']['current'], 3)}"]
+            if target.get("out_of_range"):
+                notes.append(f"out of range {target['out_of_range']:.1%}")
+            lines.append(f"  target: psi {_fmt(target['psi'])}, js {_fmt(target['js'])} ({target['status']}; "
+                         f"{'; '.join(notes)})")
         leak = split.get("leakage")
         if leak is not None:
             ex = f", e.g. rows {', '.join(map(str, leak['examples']))}" if leak["examples"] else ""

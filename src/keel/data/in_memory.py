@@ -22,20 +22,23 @@ from keel.data.contract import (
     contract_from_dict,
     load_contract_spec,
 )
-from keel.data.split import stratified_holdout, stratified_split
+from keel.data.split import quantile_strata, stratified_holdout, stratified_split
 from keel.errors import KeelError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 ON_VIOLATION = ("raise", "drop")
+TASK_CHOICES = ("auto", "classification", "regression")
+# Quantile bins of a regression target that the split stratifies on (val/test cover its range).
+TARGET_STRATA = 10
 
 
 class InMemoryDataModule(L.LightningDataModule):
-    """Reads all rows once, splits them (seeded, stratified), checks every split against the
-    contract, computes drift and leakage between the train split and the others, fits the
-    model's input preprocessing on the train split and serves whole batches by tensor
-    indexing.
+    """Reads all rows once, splits them (seeded, stratified: by class, or by quantile bins of a
+    regression target), checks every split against the contract, computes drift and leakage
+    between the train split and the others, fits the model's input preprocessing on the train
+    split and serves whole batches by tensor indexing.
 
     Subclasses implement :meth:`load`; this class handles features given as an array
     ``(N, *contract.shape)`` (``TableDataModule`` overrides the hooks for data frames).
@@ -56,8 +59,11 @@ class InMemoryDataModule(L.LightningDataModule):
             :attr:`dropped` and written to the run directory).
         class_weights: ``null`` or ``balanced``: read by the model's loss by interpolation.
         drift: drift thresholds (see :class:`keel.data.drift.DriftThresholds`) and ``enabled``.
+        task: ``auto`` (the contract's task; a table without a contract infers it from its
+            target column), ``classification`` or ``regression``: must agree with the contract.
 
     Raises:
+        KeelError: an unknown ``task`` or ``on_violation``; a ``task`` the contract contradicts.
         ContractViolationError: in :meth:`setup`, when a split breaks the contract and the
             violations cannot (or may not) be repaired by dropping rows.
     """
@@ -76,11 +82,18 @@ class InMemoryDataModule(L.LightningDataModule):
         on_violation: str = "raise",
         class_weights: Any = None,
         drift: Mapping[str, Any] | None = None,
+        task: str = "auto",
     ) -> None:
         super().__init__()
         if on_violation not in ON_VIOLATION:
             raise KeelError(f"data.on_violation={on_violation!r}: expected one of {list(ON_VIOLATION)}")
+        if not (isinstance(task, str) and task in TASK_CHOICES):
+            raise KeelError(f"task={task!r}: expected one of {', '.join(TASK_CHOICES)}. Fix: e.g. task=auto (the "
+                            "data contract's task) or task=regression")
+        self.requested_task = task
         self.contract = None if contract is None else contract_from_dict(load_contract_spec(contract))
+        if self.contract is not None:
+            self._check_task(self.contract)
         self.batch_size = batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.seed = split_seed, seed
@@ -103,6 +116,26 @@ class InMemoryDataModule(L.LightningDataModule):
         self.reference: dict[str, Any] = {}
         self._data: dict[str, TensorDataset] = {}
         self._preprocessing: dict[str, Any] = {}
+
+    def _check_task(self, contract: Any) -> None:
+        """Refuse a named task that the contract contradicts (``auto`` takes the contract's)."""
+        task = self.requested_task
+        if task != "auto" and task != contract.task:
+            declared = "a list of classes" if contract.task == "classification" else "task: regression"
+            raise KeelError(
+                f"data contract {contract.name!r} declares a {contract.task} target ({declared}) but task={task}. "
+                f"Fix: task={contract.task} (or task=auto), or give a {task} contract (data.contract=<file.yaml>)"
+            )
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression``: the contract's task once it is known (given, or
+        inferred in :meth:`setup`); before that the requested one (``auto`` when not named)."""
+        return self.contract.task if self.contract is not None else self.requested_task
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -163,6 +196,7 @@ class InMemoryDataModule(L.LightningDataModule):
             )
         if self.contract is None:
             self.contract = self._infer_contract(features, labels)
+            self._check_task(self.contract)
             log.warning(
                 "data: no contract given; inferred one from %s (every value seen is allowed). Pin it with "
                 "`keel contract infer` and data.contract (a copy is in the run's data/contract.yaml)", self.source,
@@ -181,7 +215,8 @@ class InMemoryDataModule(L.LightningDataModule):
         for name in SPLITS:
             xs, ys = self._encode(features, labels, parts[name])
             x[name] = xs
-            ys = np.require(ys, dtype=np.int64, requirements=["C", "W"])  # pandas may hand out read-only views
+            # pandas may hand out read-only views
+            ys = np.require(ys, dtype=np.float32 if self.regression else np.int64, requirements=["C", "W"])
             self._data[name] = TensorDataset(torch.from_numpy(xs), torch.from_numpy(ys))
         self._preprocessing = self._fit_preprocessing(x["train"])
         if self.drift_enabled:
@@ -195,9 +230,16 @@ class InMemoryDataModule(L.LightningDataModule):
     def _contract_name(self) -> str:
         return self.contract.name if self.contract is not None else "inferred"
 
-    def _split(self, labels: Any) -> dict[str, np.ndarray]:
+    def _strata(self, labels: Any) -> np.ndarray:
+        if self.regression:
+            # Quantile bins of the target: val/test cover its range; values that are not finite
+            # numbers form one more stratum, so they still split (and are reported later).
+            return quantile_strata(np.asarray(labels), TARGET_STRATA)
         # Stratify on the label's text so that invalid labels (reported later) still split.
-        strata = np.unique(np.asarray(labels).astype(str), return_inverse=True)[1]
+        return np.unique(np.asarray(labels).astype(str), return_inverse=True)[1]
+
+    def _split(self, labels: Any) -> dict[str, np.ndarray]:
+        strata = self._strata(labels)
         fixed = self.test_rows()
         if fixed is None:
             return stratified_split(strata, self.val_fraction, self.test_fraction, self.split_seed)
@@ -238,11 +280,21 @@ class InMemoryDataModule(L.LightningDataModule):
         ref_cols, kinds = self._drift_columns(features, parts["train"])
         split_cols = {s: self._drift_columns(features, parts[s])[0] for s in ("val", "test")}
         classes = list(self.contract.classes)
+        if self.regression:  # the target as a numeric distribution, binned as numeric features are
+            targets: dict[str, Any] = {
+                "reference_labels": None, "split_labels": {}, "classes": classes,
+                "reference_target": self._data["train"].tensors[1].numpy().astype(np.float64),
+                "split_targets": {s: self._data[s].tensors[1].numpy().astype(np.float64) for s in ("val", "test")},
+            }
+        else:
+            targets = {
+                "reference_labels": self._raw_labels(labels, parts["train"]),
+                "split_labels": {s: self._raw_labels(labels, parts[s]) for s in ("val", "test")},
+                "classes": classes,
+            }
         report = drift_report(
             ref_cols, kinds, split_cols,
-            reference_labels=self._raw_labels(labels, parts["train"]),
-            split_labels={s: self._raw_labels(labels, parts[s]) for s in ("val", "test")},
-            classes=classes,
+            **targets,
             thresholds=self.drift_thresholds,
             reference_rows=x["train"].reshape(len(x["train"]), -1),
             split_rows={s: x[s].reshape(len(x[s]), -1) for s in ("val", "test")},
@@ -257,12 +309,17 @@ class InMemoryDataModule(L.LightningDataModule):
         for split, r in report["splits"].items():
             leak = (r.get("leakage") or {}).get("count", 0)
             summary = r["summary"]
-            if summary["n_alert"] or leak:
+            target = r.get("target")  # regression only
+            target_alert = target is not None and target["status"] == "alert"
+            if summary["n_alert"] or leak or target_alert:
+                psi = target["psi"] if target is not None else None
                 log.warning(
                     "drift train->%s: %d features alert (PSI >= %g), %d warn (PSI from sampling noise alone at "
-                    "these sizes: ~%.3f); %d rows also in train (leakage)",
+                    "these sizes: ~%.3f); %d rows also in train (leakage)"
+                    + ("; target %s (PSI %s)" if target is not None else ""),
                     split, summary["n_alert"], self.drift_thresholds.psi_alert, summary["n_warn"],
                     summary["psi_noise_floor"], leak,
+                    *((target["status"], "n/a" if psi is None else f"{psi:.3f}") if target is not None else ()),
                 )
 
     # ------------------------------------------------------------------ what the model needs
@@ -279,12 +336,43 @@ class InMemoryDataModule(L.LightningDataModule):
         return list(self.contract.shape)
 
     def class_counts(self, split: str = "train") -> list[int]:
-        """Rows per class of ``split``, in contract class order."""
+        """Rows per class of ``split``, in contract class order.
+
+        Raises:
+            KeelError: the target is a regression target (see :meth:`target_stats`).
+        """
+        if self.regression:
+            raise KeelError(f"class_counts: rows per class are a classification statistic, but data contract "
+                            f"{self.contract.name!r} has a regression target. Fix: use target_stats() for regression")
         y = self._data[split].tensors[1]
         return torch.bincount(y, minlength=self.contract.num_classes).tolist()
 
+    def target_stats(self, split: str = "train") -> dict[str, float | int]:
+        """A regression target's statistics on ``split`` (calls :meth:`setup` if needed), as
+        plain numbers: ``mean``, ``std`` (ddof=1, floored at 1e-12 so it can divide; 1.0 with
+        fewer than 2 rows), ``min``, ``max`` (of the float32 values the model sees) and ``rows``.
+
+        Raises:
+            KeelError: the target is class labels (see :meth:`class_counts`).
+        """
+        if not self._data:
+            self.setup()
+        if not self.regression:
+            raise KeelError(f"target_stats: mean/std of the target are a regression statistic, but data contract "
+                            f"{self.contract.name!r} has class labels. Fix: use class_counts() for classification")
+        y = self._data[split].tensors[1].numpy().astype(np.float64)
+        std = float(np.std(y, ddof=1)) if y.size > 1 else 1.0
+        return {
+            "mean": float(y.mean()),
+            "std": max(std, 1e-12),
+            "min": float(y.min()),
+            "max": float(y.max()),
+            "rows": int(y.size),
+        }
+
     def split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Encoded features (float32, as the model receives them) and class indices of a split."""
+        """Encoded features (float32, as the model receives them) and targets of a split: int64
+        class indices (classification) or float32 values (regression)."""
         if not self._data:
             self.setup()
         x, y = self._data[split].tensors

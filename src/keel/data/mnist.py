@@ -47,7 +47,8 @@ class MNISTDataModule(InMemoryDataModule):
         root: the folder holding the four files.
         prefix: which set to read when ``root`` holds several (e.g. ``emnist-digits-``);
             None: the folder must hold exactly one complete set.
-        **kwargs: as :class:`InMemoryDataModule`.
+        **kwargs: as :class:`InMemoryDataModule` (``task`` included: it must agree with the
+            contract, a classification for the MNIST sets).
 
     Raises:
         MNISTDataError: in :meth:`load`: no such folder, missing or ambiguous files, files

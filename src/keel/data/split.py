@@ -1,6 +1,9 @@
-"""Seeded, stratified train/val/test split of row indices."""
+"""Seeded, stratified train/val/test split of row indices (by class, or by quantile bins of a
+numeric target: :func:`quantile_strata`)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -61,3 +64,53 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
         keep.append(idx[n_hold:])
     empty = np.array([], dtype=np.int64)
     return (np.sort(np.concatenate(keep)) if keep else empty, np.sort(np.concatenate(hold)) if hold else empty)
+
+
+def quantile_strata(values: Any, bins: int = 10) -> np.ndarray:
+    """Strata for splitting rows by a numeric target: the quantile bin of each value.
+
+    The cut points are the quantiles of the finite values at ``linspace(0, 1, bins + 1)``
+    (interior ones, de-duplicated); a value goes to the bin above each cut it is >= to, so
+    equal values always share a bin and heavily repeated values make fewer bins. Values that
+    are not finite numbers (NaN, Inf, None, text that is not a number) form one more stratum,
+    ``-1``, so they still split (and are then reported by the contract check). Feeding the
+    result to :func:`stratified_split` keeps the target's range in every split.
+
+    Args:
+        values: 1-D numbers (array, list or pandas Series; object arrays are read value by value).
+        bins: number of quantile bins, >= 1.
+
+    Returns:
+        int64 stratum per row: ``0..bins-1`` or ``-1``.
+
+    Raises:
+        ValueError: ``bins`` < 1, or ``values`` not 1-D.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins={bins!r}: expected an integer >= 1")
+    v = _as_float(values)
+    finite = np.isfinite(v)
+    strata = np.full(v.shape, -1, dtype=np.int64)
+    if finite.any():
+        cuts = np.unique(np.quantile(v[finite], np.linspace(0.0, 1.0, int(bins) + 1)[1:-1]))
+        strata[finite] = np.searchsorted(cuts, v[finite], side="right")
+    return strata
+
+
+def _as_float(values: Any) -> np.ndarray:
+    """``values`` as float64, NaN for anything that is not a number (booleans count as numbers
+    only in a boolean array: object values True/False are not a target's numbers)."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D array of target values, got shape {arr.shape}")
+    if arr.dtype.kind in "biuf":
+        return arr.astype(np.float64)
+    out = np.full(arr.shape, np.nan)
+    for i, x in enumerate(arr.tolist()):
+        if isinstance(x, bool) or x is None:
+            continue
+        try:
+            out[i] = float(x)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return out

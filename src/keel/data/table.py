@@ -17,7 +17,7 @@ from keel.errors import KeelError
 __all__ = ["BreastCancerDataModule", "FORMATS", "TableDataModule", "TableReadError", "read_table", "table_drift_columns"]
 
 class TableDataModule(InMemoryDataModule):
-    """A labelled table from a local CSV/Parquet file.
+    """A labelled table from a local CSV/Parquet file: a class label or a numeric target to predict.
 
     Numeric columns go to the model as numbers (missing values imputed and standardized in
     the model), category columns as the index of their category (one-hot in the model):
@@ -25,14 +25,18 @@ class TableDataModule(InMemoryDataModule):
 
     Args:
         path: the CSV or Parquet file.
-        target: the label column.
+        target: the label (or regression target) column.
         format: ``auto`` (by suffix), ``csv`` or ``parquet``.
         contract: a table contract (``kind: table``); None infers one from the file.
+        task: ``auto``, ``classification`` or ``regression``. Without a contract it decides
+            what is inferred (``auto``: from the target column, refusing an ambiguous one); with
+            one it must agree with the contract's task.
         **kwargs: as :class:`InMemoryDataModule`.
     """
 
-    def __init__(self, path: str | None, target: str, format: str = "auto", contract: Any = None, **kwargs: Any):
-        super().__init__(contract, **kwargs)
+    def __init__(self, path: str | None, target: str, format: str = "auto", contract: Any = None,
+                 task: str = "auto", **kwargs: Any):
+        super().__init__(contract, task=task, **kwargs)
         self.path, self.target, self.format = path, target, format
         if self.contract is not None and self.contract.target != target:
             raise KeelError(
@@ -58,7 +62,8 @@ class TableDataModule(InMemoryDataModule):
         return df, df[self.target]
 
     def _infer_contract(self, features: pd.DataFrame, labels: pd.Series) -> TableContract:
-        return infer_contract(features.dropna(subset=[self.target]), self.target, Path(str(self.path)).stem)
+        return infer_contract(features.dropna(subset=[self.target]), self.target, Path(str(self.path)).stem,
+                              task=self.requested_task)
 
     def _check(self, features: pd.DataFrame, labels: pd.Series, idx: np.ndarray, split: str) -> ContractReport:
         return self.contract.check(features.iloc[idx], split)
@@ -104,7 +109,10 @@ class TableDataModule(InMemoryDataModule):
 
 class BreastCancerDataModule(TableDataModule):
     """The Wisconsin breast-cancer table bundled inside scikit-learn (569 rows, 30 numeric
-    features, label 0 = malignant (212 rows), 1 = benign (357 rows)); no download."""
+    features, label 0 = malignant (212 rows), 1 = benign (357 rows)); no download.
+
+    Arguments as :class:`TableDataModule` (``task`` included: a classification).
+    """
 
     def __init__(self, target: str = "target", **kwargs: Any):
         super().__init__(path=None, target=target, **kwargs)

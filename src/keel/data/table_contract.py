@@ -1,10 +1,11 @@
 """Tabular data contracts, validated with pandera in lazy mode (every failing check collected).
 
 A contract names each feature column (dtype, nullability, numeric range, allowed categories)
-and the label column with its classes. It is plain data (``to_dict``), stored in checkpoints
-and bundles, and reports violations in the same format as :class:`TensorContract`.
+and the target column: class labels (classification) or a number (regression). It is plain
+data (``to_dict``), stored in checkpoints and bundles, and reports violations in the same
+format as :class:`TensorContract`.
 
-YAML form::
+YAML form, classification (``task: classification`` is the default and may be left out)::
 
     kind: table
     name: my_data
@@ -14,12 +15,26 @@ YAML form::
     columns:
       age:   {dtype: float64, nullable: false, min: 0, max: 120}
       color: {dtype: category, nullable: true, categories: [red, green, blue]}
+
+Regression (no ``classes``; the target must be a finite number, inside ``target_range``)::
+
+    kind: table
+    name: diabetes
+    task: regression
+    target: target
+    target_range: [0.0, 700.0]      # inclusive; null: any finite number
+    columns: {...}
+
+A regression target is reported like a label (feature ``label``): a value that is not a
+number (``dtype``), missing (``nullable``), Inf or beyond the float32 range (``finite``),
+outside ``target_range`` (``range``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,10 +42,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keel.data.contract import FLOAT32_MAX, MAX_EXAMPLES, ContractError, ContractReport, Violation, plain_value
+from keel.data.contract import (
+    CLASSIFICATION,
+    FLOAT32_MAX,
+    MAX_EXAMPLES,
+    REGRESSION,
+    ContractError,
+    ContractReport,
+    Violation,
+    _spec_task,
+    parse_target_range,
+    plain_value,
+    task_key_problems,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 NUMERIC_DTYPES = ("float64", "float32", "int64", "int32", "bool")
 DTYPES = NUMERIC_DTYPES + ("category",)
@@ -138,14 +167,18 @@ def _numeric_view(s: pd.Series) -> pd.Series:
 
 @dataclass(frozen=True)
 class TableContract:
-    """Expectations for a table: feature columns, the label column and its classes.
+    """Expectations for a table: feature columns and the target column (class labels or a number).
 
     Args:
         name: contract name, shown in reports.
-        target: the label column.
+        target: the label (or regression target) column.
         classes: allowed label values (ints or strings); their order defines the logits.
+            ``()`` for regression.
         columns: feature columns, in the order the model sees them.
         class_names: optional display names, one per class.
+        task: ``classification`` or ``regression``.
+        target_range: regression only: inclusive ``(low, high)`` of the target, or None (any
+            finite number).
     """
 
     name: str
@@ -153,25 +186,43 @@ class TableContract:
     classes: tuple[Any, ...]
     columns: tuple[ColumnSpec, ...]
     class_names_: tuple[str, ...] | None = None
+    task: str = CLASSIFICATION
+    target_range: tuple[float, float] | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> TableContract:
-        """Build from config data; :class:`ContractError` names every malformed field."""
+        """Build from config data; :class:`ContractError` names every malformed field.
+
+        ``task`` (optional): ``classification`` (default; ``classes`` required) or
+        ``regression`` (no ``classes``/``class_names``; optional ``target_range``)."""
         spec = dict(spec)
         problems: list[str] = []
         if spec.pop("kind", "table") != "table":
             problems.append("kind: a TableContract has kind 'table'")
-        allowed = {"name", "target", "classes", "columns", "class_names"}
-        problems += [f"unknown key {k!r} (allowed: {sorted(allowed | {'kind'})})" for k in spec if k not in allowed]
-        problems += [f"missing key {k!r}" for k in ("name", "target", "classes", "columns") if k not in spec]
+        task = _spec_task(spec, problems)
+        regression = task == REGRESSION
+        if regression:
+            allowed, other = {"name", "target", "columns", "target_range"}, {"classes", "class_names"}
+            shown = sorted(allowed | {"kind", "task"})
+        else:
+            allowed, other = {"name", "target", "classes", "columns", "class_names"}, {"target_range"}
+            shown = sorted(allowed | {"kind"})
+        problems += [f"unknown key {k!r} (allowed: {shown})" for k in spec if k not in allowed | other]
+        required = ("name", "target", "columns") if regression else ("name", "target", "classes", "columns")
+        problems += [f"missing key {k!r}" + (" (or `task: regression` for a numeric target)" if k == "classes" else "")
+                     for k in required if k not in spec]
+        problems += task_key_problems(spec, task, ("classes", "class_names"))
         if problems:
             raise ContractError("invalid table contract: " + "; ".join(problems))
         target = spec["target"]
         if not (isinstance(target, str) and target):
             problems.append(f"target={target!r}: expected the name of the label column")
-        classes = spec["classes"]
-        if not (isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) >= 2):
+        classes = () if regression else spec["classes"]
+        target_range = parse_target_range(spec.get("target_range"), problems) if regression else None
+        if regression:
+            pass
+        elif not (isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) >= 2):
             problems.append(f"classes={classes!r}: expected a list of at least 2 label values")
             classes = []
         elif not (all(_is_int(c) for c in classes) or all(isinstance(c, str) for c in classes)):
@@ -191,7 +242,8 @@ class TableContract:
                 if c is not None:
                     parsed.append(c)
             if isinstance(target, str) and target in cols:
-                problems.append(f"columns: the target {target!r} is declared by `target`/`classes`, not a feature")
+                by = "`target`/`target_range`" if regression else "`target`/`classes`"
+                problems.append(f"columns: the target {target!r} is declared by {by}, not a feature")
         if problems:
             raise ContractError("invalid table contract: " + "; ".join(problems))
         return cls(
@@ -200,10 +252,25 @@ class TableContract:
             classes=tuple(int(c) if _is_int(c) else str(c) for c in classes),
             columns=tuple(parsed),
             class_names_=None if names is None else tuple(str(n) for n in names),
+            task=task,
+            target_range=target_range,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (lists, numbers, strings): safe for ``torch.load(weights_only=True)``."""
+        """Plain data (lists, numbers, strings): safe for ``torch.load(weights_only=True)``.
+
+        Classification: the keys contracts have always had (no ``task``), so fingerprints of
+        existing contracts do not change. Regression: ``task`` and ``target_range``, no ``classes``.
+        """
+        if self.task == REGRESSION:
+            return {
+                "kind": "table",
+                "name": self.name,
+                "task": REGRESSION,
+                "target": self.target,
+                "target_range": None if self.target_range is None else list(self.target_range),
+                "columns": {c.name: c.to_dict() for c in self.columns},
+            }
         out: dict[str, Any] = {
             "kind": "table",
             "name": self.name,
@@ -291,7 +358,9 @@ class TableContract:
                     )
                 )
             columns[c.name] = pa.Column(None, nullable=c.nullable, checks=checks, required=True)
-        if check_target:
+        if check_target and self.task == REGRESSION:
+            columns[self.target] = pa.Column(None, nullable=False, checks=self._target_checks(), required=True)
+        elif check_target:
             columns[self.target] = pa.Column(
                 None,
                 nullable=False,
@@ -305,6 +374,30 @@ class TableContract:
                 required=True,
             )
         return pa.DataFrameSchema(columns, strict=True, name=self.name)
+
+    def _target_checks(self) -> list[Any]:
+        """A regression target's rules: a number (not text, not a boolean), finite in float32,
+        inside ``target_range``; missing values are pandera's ``not_nullable``."""
+        import pandera.pandas as pa
+
+        checks = [
+            pa.Check(_target_numeric, error="dtype|expected a number (regression target)", ignore_na=True),
+            pa.Check(
+                lambda s: ~(_numeric_view(s).abs() > FLOAT32_MAX),
+                error="finite|Inf, or beyond the float32 range (|value| > 3.4e38)",
+                ignore_na=True,
+            ),
+        ]
+        if self.target_range is not None:
+            lo, hi = self.target_range
+            checks.append(
+                pa.Check(
+                    lambda s: _numeric_view(s).between(lo, hi) | _numeric_view(s).isna(),
+                    error=f"range|allowed [{lo:g}, {hi:g}]",
+                    ignore_na=True,
+                )
+            )
+        return checks
 
     def _label_ok(self, s: pd.Series) -> pd.Series:
         import pandas as pd
@@ -386,7 +479,21 @@ class TableContract:
                 return False
             if (c.min is not None and lo < c.min) or (c.max is not None and hi > c.max):
                 return False
-        if with_target:
+        if with_target and self.task == REGRESSION:
+            y = df[self.target]
+            if not isinstance(y.dtype, np.dtype) or y.dtype.kind not in "iuf":
+                return False  # booleans, text, objects, extension dtypes: pandera decides
+            v = y.to_numpy()
+            if not len(v):
+                return True
+            lo, hi = v.min(), v.max()  # NaN propagates: then the comparisons below fail
+            if v.dtype.kind == "f" and not (abs(float(lo)) <= FLOAT32_MAX and abs(float(hi)) <= FLOAT32_MAX):
+                return False  # NaN (missing), Inf, or beyond what the float32 model can hold
+            if self.target_range is not None and not (
+                float(lo) >= self.target_range[0] and float(hi) <= self.target_range[1]
+            ):
+                return False
+        elif with_target:
             y = df[self.target]
             if (not isinstance(y.dtype, np.dtype) or y.dtype.kind not in "iuf"
                     or not all(isinstance(k, int) for k in self.classes)):  # as _label_ok
@@ -396,10 +503,13 @@ class TableContract:
         return True
 
     def encode_labels(self, y: pd.Series | np.ndarray) -> np.ndarray:
-        """Label values -> int64 class indices in ``classes`` order (call after a clean check)."""
+        """Classification: label values -> int64 class indices in ``classes`` order; regression:
+        the target as float32 values (call after a clean check)."""
         import pandas as pd
 
         s = pd.Series(np.asarray(y))
+        if self.task == REGRESSION:
+            return _numeric_view(s).to_numpy(dtype=np.float32)
         if all(isinstance(c, int) for c in self.classes) and pd.api.types.is_numeric_dtype(s):
             lookup = {float(c): i for i, c in enumerate(self.classes)}
             return s.astype("float64").map(lookup).to_numpy(dtype=np.int64)
@@ -439,6 +549,19 @@ def _decode(contract: TableContract, x: np.ndarray) -> pd.DataFrame:
             cats = list(c.categories or ())
             data[c.name] = [cats[int(v)] if 0 <= v < len(cats) else None for v in col]
     return pd.DataFrame(data)
+
+
+def _target_numeric(s: pd.Series) -> pd.Series:
+    """Row-wise: the regression target value is a number (text that reads as one counts, as for
+    numeric features; booleans do not: a yes/no target is a classification)."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(s):
+        return pd.Series(False, index=s.index)
+    if s.dtype == object:
+        is_bool = s.map(lambda v: isinstance(v, (bool, np.bool_)))
+        return _numeric_view(s).notna() & ~is_bool
+    return _numeric_view(s).notna()
 
 
 def _numeric_ok(s: pd.Series, dtype: str) -> pd.Series:
@@ -491,22 +614,42 @@ def _violations(failure_cases: pd.DataFrame, n: int, target: str) -> list[Violat
 
 
 def infer_contract(
-    df: pd.DataFrame, target: str, name: str, max_categories: int = 50, margin: float = 0.0
+    df: pd.DataFrame, target: str, name: str, max_categories: int = 50, margin: float = 0.0, task: str = "auto"
 ) -> TableContract:
     """A starting contract from a reference table: dtypes, observed ranges, categories.
 
     Numeric columns get their observed ``[min, max]`` (widened by ``margin`` x range);
     text/boolean-like columns with at most ``max_categories`` distinct values become
-    ``category``; columns with missing values become nullable. Classes are the sorted
-    distinct labels.
+    ``category``; columns with missing values become nullable.
+
+    Args:
+        task: ``classification``: classes are the sorted distinct labels; ``regression``:
+            ``target_range`` is the observed ``[min, max]`` of the target's finite values,
+            widened by ``margin`` x range (None when there are none): the rows given are
+            the reference, as for feature ranges, so none of them fails its own contract;
+            serving never checks a target, and the range records what the model was fitted
+            on; ``auto``: the task
+            :func:`keel.tasks.infer.infer_task` reads from the target column (logged with why).
 
     Raises:
         ContractError: the target is missing, or a text column has too many distinct values.
+        keel.tasks.TaskError: ``task`` is not auto, classification or regression; or ``auto``
+            and the target column is empty or ambiguous (the message says how to choose).
     """
     import pandas as pd
 
+    from keel.tasks import get_task
+
+    if task != "auto":
+        get_task(task)  # an unknown name: TaskError naming the allowed ones
     if target not in df.columns:
         raise ContractError(f"--target {target!r} is not a column; columns: {list(map(str, df.columns))}")
+    if task == "auto":
+        from keel.tasks.infer import infer_task
+
+        found = infer_task(df[target], target)
+        log.info("task=auto: %s (%s)", found.task, found.reason)
+        task = found.task
     cols: dict[str, Any] = {}
     for col in df.columns:
         if col == target:
@@ -534,6 +677,16 @@ def infer_contract(
                     f"{max_categories}): drop it, encode it, or raise --max-categories"
                 )
             cols[str(col)] = {"dtype": "category", "nullable": nullable, "categories": values}
+    if task == REGRESSION:
+        v = _numeric_view(df[target]).to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        target_range = None
+        if v.size:
+            lo, hi = float(v.min()), float(v.max())
+            pad = (hi - lo) * margin
+            target_range = [lo - pad, hi + pad]
+        return TableContract.from_dict({"kind": "table", "name": name, "task": REGRESSION, "target": target,
+                                        "target_range": target_range, "columns": cols})
     y = df[target].dropna()
     if pd.api.types.is_numeric_dtype(y) and (y == np.round(y)).all():
         classes: list[Any] = sorted(int(v) for v in y.unique())

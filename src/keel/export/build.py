@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from keel.checkpoint import keel_section, load_checkpoint
+from keel.checkpoints.read import keel_section, load_checkpoint
 from keel.export.bundle import check_files, read_manifest, staged, write_manifest
 from keel.export.onnx import ExportError, export_onnx, inference_model
 from keel.export.quantize import quantize_onnx, resolve_mode
-from keel.export.runtime import accuracy, latency, run, session
-from keel.run_manifest import git_info, package_versions
+from keel.export.runtime import latency, run, session
+from keel.provenance import git_info, package_versions
+from keel.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ PACKAGES = ("keel", "torch", "lightning", "onnx", "onnxruntime", "onnxscript", "
 class ExportOptions:
     """ONNX export and parity gate.
 
-    ``atol``/``rtol``: every logit must satisfy ``|onnx - torch| <= atol + rtol * |torch|``;
-    ``min_agreement``: fraction of rows whose predicted class must agree (1.0: all).
+    ``atol``/``rtol``: every output must satisfy ``|onnx - torch| <= atol * scale + rtol *
+    |torch|`` (scale: 1 for logits, the train target's std for a regression prediction);
+    ``min_agreement``: classification: fraction of rows whose predicted class must agree (1.0: all).
     """
 
     opset: int = 18
@@ -50,64 +52,67 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """int8 quantization and its accuracy budget (``max_accuracy_drop``: in accuracy points / 100)."""
+    """int8 quantization and its budget on the task's metric: classification
+    ``max_accuracy_drop`` (in accuracy points / 100), regression ``max_rmse_increase`` (a
+    fraction of the fp32 model's test rmse)."""
 
     mode: str = "auto"
     calibration_batches: int = 8
     batch_size: int = 64
     max_accuracy_drop: float = 0.01
+    max_rmse_increase: float = 0.01
     per_channel: bool = True
     seed: int = 0
-
-
-def _parity(model: torch.nn.Module, sess: Any, x: np.ndarray, opts: ExportOptions) -> dict[str, Any]:
-    with torch.no_grad():
-        ref_logits, ref_probs = (t.numpy() for t in model(torch.from_numpy(x)))
-    logits, probs = run(sess, x)
-    diff = np.abs(logits - ref_logits)
-    rel = diff / np.maximum(np.abs(ref_logits), 1e-6)
-    within = diff <= opts.atol + opts.rtol * np.abs(ref_logits)
-    agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
-    ok = bool(within.all()) and agree >= opts.min_agreement
-    return {
-        "rows": int(len(x)),
-        "max_abs_diff": float(diff.max()),
-        "max_rel_diff": float(rel.max()),
-        "max_abs_diff_probabilities": float(np.abs(probs - ref_probs).max()),
-        "class_agreement": agree,
-        "atol": opts.atol,
-        "rtol": opts.rtol,
-        "min_agreement": opts.min_agreement,
-        "ok": ok,
-    }
-
-
-def _batches(x: np.ndarray, y: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def _latency_ms(sess: Any, x: np.ndarray) -> dict[str, float]:
     return {"batch1_ms": latency(sess, x, 1) * 1e3, "batch64_ms": latency(sess, x, 64) * 1e3}
 
 
+def _rebuild(ckpt: dict[str, Any]) -> Any:
+    """The TaskModule of a loaded checkpoint, from its hyperparameters and weights (the file is
+    not read again)."""
+    from keel.models import TaskModule
+
+    module = TaskModule(**ckpt["hyper_parameters"])
+    module.on_load_checkpoint(ckpt)  # maps the state of checkpoints from before the task seam
+    module.load_state_dict(ckpt["state_dict"])
+    return module
+
+
+def _save_samples(tmp: Path, names: tuple[str, ...], outputs: tuple[np.ndarray, ...], suffix: str = "") -> dict:
+    files = {}
+    for name, value in zip(names, outputs):
+        np.save(tmp / "samples" / f"{name}{'.' + suffix if suffix else ''}.npy", value)
+        files[f"{name}_{suffix}" if suffix else name] = f"samples/{name}{'.' + suffix if suffix else ''}.npy"
+    return files
+
+
 def export_checkpoint(
-    ckpt_path: str | Path,
+    ckpt: str | Path | dict[str, Any],
     bundle_dir: str | Path,
     datamodule: Any,
     options: ExportOptions = ExportOptions(),
     config: dict[str, Any] | None = None,
     run_metrics: dict[str, float] | None = None,
+    ckpt_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Export the checkpoint to ``bundle_dir/model.onnx``, gate it on parity with the PyTorch
-    model over real held-out batches, evaluate it on the test split and write the bundle.
+    """Export a checkpoint to ``bundle_dir/model.onnx``, gate it on the task's parity rule with
+    the PyTorch model over real held-out batches, evaluate it on the test split with the task's
+    metrics and write the bundle.
+
+    ``ckpt``: a checkpoint file, or one already loaded with
+    :func:`keel.checkpoints.read.load_checkpoint` (then ``ckpt_path`` names its file), so that a
+    run reads each checkpoint file once.
 
     Returns the manifest. Raises:
         CheckpointError: the checkpoint is missing, unsafe or not keel's.
         ExportError: export/checker failure, or parity beyond tolerance (no bundle written).
     """
-    from keel.models import Classifier
-
-    ckpt = load_checkpoint(ckpt_path)
+    if not isinstance(ckpt, dict):
+        ckpt_path = ckpt
+        ckpt = load_checkpoint(ckpt)
+    ckpt_path = Path(ckpt_path) if ckpt_path is not None else Path("<checkpoint>")
     section = keel_section(ckpt, ckpt_path)
     datamodule.setup()
     contract = datamodule.contract.to_dict()
@@ -116,69 +121,62 @@ def export_checkpoint(
             f"{ckpt_path}: trained on contract {section['contract'].get('name')!r}, but the data given for parity "
             f"checks has contract {contract.get('name')!r}. Fix: export with the data the checkpoint was trained on"
         )
-    classifier = Classifier.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
-    model = inference_model(classifier)
+    module = _rebuild(ckpt)
+    task = module.task
+    target = section.get("target")
+    model = inference_model(module)
     x_test, y_test = datamodule.split_arrays("test")
     parity_rows = x_test[: options.parity_batches * options.batch_size]
 
     git = git_info() or {}
     with staged(Path(bundle_dir)) as tmp:
-        io = export_onnx(model, torch.from_numpy(x_test[: min(2, len(x_test))].copy()), tmp / FP32, options.opset)
+        io = export_onnx(model, torch.from_numpy(x_test[: min(2, len(x_test))].copy()), tmp / FP32, options.opset,
+                         task.outputs)
         sess = session(tmp / FP32)
-        parity = _parity(model, sess, parity_rows, options)
+        with torch.no_grad():
+            ref = tuple(t.numpy() for t in model(torch.from_numpy(parity_rows)))
+        parity = task.parity(ref, run(sess, parity_rows), options, target)
         if not parity["ok"]:
-            raise ExportError(
-                f"ONNX parity check failed on {parity['rows']} held-out rows: max |diff| {parity['max_abs_diff']:.3g}"
-                f" (allowed {options.atol:g} + {options.rtol:g}*|logit|), class agreement "
-                f"{parity['class_agreement']:.4f} (required {options.min_agreement}). No bundle was written"
-            )
-        acc, rows = accuracy(sess, _batches(x_test, y_test, 1024))
-        samples = tmp / "samples"
-        samples.mkdir()
+            raise ExportError(f"ONNX parity check failed on {parity['rows']} held-out rows: "
+                              f"{task.parity_failure(parity)}. No bundle was written")
+        fp32_metrics = task.evaluate(sess, x_test, y_test)
+        (tmp / "samples").mkdir()
         xs = np.ascontiguousarray(x_test[: options.samples])
-        logits, probs = run(sess, xs)
-        np.save(samples / "input.npy", xs)
-        np.save(samples / "logits.npy", logits)
-        np.save(samples / "probabilities.npy", probs)
-        sample_files = {"input": "samples/input.npy", "logits": "samples/logits.npy",
-                        "probabilities": "samples/probabilities.npy"}
+        np.save(tmp / "samples" / "input.npy", xs)
+        sample_files = {"input": "samples/input.npy", **_save_samples(tmp, task.outputs, run(sess, xs))}
         if hasattr(datamodule.contract, "decode_features"):
-            datamodule.contract.decode_features(xs).to_csv(samples / "input.csv", index=False)
+            datamodule.contract.decode_features(xs).to_csv(tmp / "samples" / "input.csv", index=False)
             sample_files["input_table"] = "samples/input.csv"
         manifest = {
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "task": task.name,
             "models": {"fp32": FP32, "int8": None},
             "io": io,
-            "classes": list(datamodule.contract.classes),
-            "class_names": datamodule.contract.class_names,
+            **task.manifest_fields(datamodule.contract, target),
             "preprocessing": section["preprocessing"],
             "data": {"contract": contract, "reference": section.get("reference") or None},
-            "metrics": {
-                "training": run_metrics or {},
-                "fp32": {"test_acc": acc, "test_rows": rows},
-            },
+            "metrics": {"training": run_metrics or {}, "fp32": fp32_metrics},
             "parity": parity,
             "latency": {"fp32": _latency_ms(sess, x_test)},
             "quantization": None,
             "samples": sample_files,
             "config": config if config is not None else section.get("config"),
-            "source": {"checkpoint": str(Path(ckpt_path).resolve()),
+            "source": {"checkpoint": str(ckpt_path.resolve()) if ckpt_path.name != "<checkpoint>" else None,
                        "git": {k: git[k] for k in ("commit", "dirty") if k in git}},
             "packages": package_versions(PACKAGES),
             "export_options": asdict(options),
         }
         manifest = write_manifest(tmp, manifest)
-    log.info(
-        "bundle %s: model.onnx, parity max|diff| %.2e, agreement %.4f, test acc %.4f",
-        bundle_dir, parity["max_abs_diff"], parity["class_agreement"], acc,
-    )
+    log.info("bundle %s: model.onnx (%s), parity max|diff| %.2e, test %s", bundle_dir, task.name,
+             parity["max_abs_diff"], ", ".join(f"{k.removeprefix('test_')} {v:.4g}" for k, v in fp32_metrics.items()
+                                                if k != "test_rows"))
     return manifest
 
 
 def add_int8(bundle_dir: str | Path, datamodule: Any, options: QuantizeOptions = QuantizeOptions()) -> dict[str, Any]:
     """Quantize the bundle's fp32 model to int8, evaluate both on the test split and keep the
-    int8 model only within ``options.max_accuracy_drop``; update the manifest (sizes,
-    latencies, accuracy change, decision). Returns the new manifest.
+    int8 model only within the task's budget (``max_accuracy_drop`` or ``max_rmse_increase``);
+    update the manifest (sizes, latencies, metric change, decision). Returns the new manifest.
 
     Raises:
         BundleError: the bundle is missing or its files do not match its manifest.
@@ -197,52 +195,38 @@ def add_int8(bundle_dir: str | Path, datamodule: Any, options: QuantizeOptions =
     pick = rng.permutation(len(x_train))[: options.calibration_batches * options.batch_size]
     calibration = [x_train[pick[i : i + options.batch_size]] for i in range(0, len(pick), options.batch_size)]
 
+    task = get_task(manifest.get("task", "classification"))
     with staged(bundle_dir, copy_existing=True) as tmp:
         mode = resolve_mode(options.mode, tmp / FP32)
         quantize_onnx(tmp / FP32, tmp / INT8, mode, calibration, options.per_channel)
         s32, s8 = session(tmp / FP32), session(tmp / INT8)
-        batches = _batches(x_test, y_test, 1024)
-        acc32, rows = accuracy(s32, batches)
-        acc8, _ = accuracy(s8, batches)
-        drop = acc32 - acc8
+        m32, m8 = task.evaluate(s32, x_test, y_test), task.evaluate(s8, x_test, y_test)
+        decision = task.int8_decision(m32, m8, options)
         size32, size8 = (tmp / FP32).stat().st_size, (tmp / INT8).stat().st_size
-        accepted = drop <= options.max_accuracy_drop + 1e-12
         lat8 = _latency_ms(s8, x_test)
         quant = {
             "mode": mode,
             "mode_requested": options.mode,
             "per_channel": options.per_channel,
             "calibration_rows": int(len(pick)) if mode == "static" else 0,
-            "test_acc_fp32": acc32,
-            "test_acc_int8": acc8,
-            "accuracy_drop": drop,
-            "max_accuracy_drop": options.max_accuracy_drop,
+            **decision,
             "bytes_fp32": size32,
             "bytes_int8": size8,
             "size_ratio": size8 / size32,
             "latency_ratio_batch1": lat8["batch1_ms"] / manifest["latency"]["fp32"]["batch1_ms"],
             "latency_ratio_batch64": lat8["batch64_ms"] / manifest["latency"]["fp32"]["batch64_ms"],
-            "accepted": accepted,
         }
-        if accepted:
+        if decision["accepted"]:
             xs = np.load(tmp / manifest["samples"]["input"])
-            logits, probs = run(s8, xs)
-            np.save(tmp / "samples" / "logits.int8.npy", logits)
-            np.save(tmp / "samples" / "probabilities.int8.npy", probs)
-            manifest["samples"]["probabilities_int8"] = "samples/probabilities.int8.npy"
-            manifest["samples"]["logits_int8"] = "samples/logits.int8.npy"
+            manifest["samples"].update(_save_samples(tmp, task.outputs, run(s8, xs), "int8"))
             manifest["models"]["int8"] = INT8
-            manifest["metrics"]["int8"] = {"test_acc": acc8, "test_rows": rows}
+            manifest["metrics"]["int8"] = m8
             manifest["latency"]["int8"] = lat8
-            log.info("int8 model kept: accuracy %.4f -> %.4f (drop %.4f <= %.4f), size x%.2f",
-                     acc32, acc8, drop, options.max_accuracy_drop, size8 / size32)
+            log.info("int8 model kept: %s %.4g -> %.4g (budget %g), size x%.2f", decision["metric"],
+                     decision["fp32"], decision["int8"], decision["budget"], size8 / size32)
         else:
             (tmp / INT8).unlink()
-            quant["reason"] = (
-                f"int8 accuracy {acc8:.4f} vs fp32 {acc32:.4f}: a drop of {drop:.4f} exceeds the budget "
-                f"quantize.max_accuracy_drop={options.max_accuracy_drop}; model.int8.onnx left out of the bundle"
-            )
-            log.warning("%s", quant["reason"])
+            log.warning("%s", decision["reason"])
         manifest["quantization"] = quant
         manifest.pop("files", None)
         manifest = write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})

@@ -1,4 +1,5 @@
-"""Export a trained Classifier to ONNX with the dynamo exporter, preprocessing inside the graph."""
+"""Export a trained TaskModule to ONNX with the dynamo exporter: preprocessing, net and the
+task's head (softmax, or the target's de-standardization) inside the graph."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from keel.errors import KeelError
 
 INPUT_NAME = "input"
-OUTPUT_NAMES = ("logits", "probabilities")
+OUTPUT_NAMES = ("logits", "probabilities")  # classification's; each task names its own (Task.outputs)
 
 
 class ExportError(KeelError):
@@ -20,28 +21,30 @@ class ExportError(KeelError):
 
 
 class InferenceModel(nn.Module):
-    """What ships: raw contract-conforming input -> (logits, softmax probabilities)."""
+    """What ships: raw contract-conforming input -> the task's outputs (classification: logits
+    and softmax probabilities; regression: the prediction in the target's units)."""
 
-    def __init__(self, preprocess: nn.Module, net: nn.Module) -> None:
+    def __init__(self, preprocess: nn.Module, net: nn.Module, head: nn.Module) -> None:
         super().__init__()
-        self.preprocess, self.net = preprocess, net
+        self.preprocess, self.net, self.head = preprocess, net, head
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.net(self.preprocess(x))
-        return logits, torch.softmax(logits, dim=-1)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.head(self.net(self.preprocess(x))))
 
 
-def inference_model(classifier: Any) -> InferenceModel:
-    """The eval-mode, float32, CPU inference model of a Classifier."""
-    model = InferenceModel(classifier.preprocess, classifier.net).float().cpu().eval()
+def inference_model(module: Any) -> InferenceModel:
+    """The eval-mode, float32, CPU inference model of a :class:`keel.models.TaskModule`."""
+    model = InferenceModel(module.preprocess, module.net, module.head).float().cpu().eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset: int = 18) -> dict[str, Any]:
-    """Write ``model`` to ``path`` (weights embedded, dynamic batch axis) and run
-    ``onnx.checker`` with ``full_check``; return the graph's input/output description.
+def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset: int = 18,
+                output_names: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, Any]:
+    """Write ``model`` to ``path`` (weights embedded, dynamic batch axis, outputs named
+    ``output_names``) and run ``onnx.checker`` with ``full_check``; return the graph's
+    input/output description.
 
     Raises:
         ExportError: the exporter or the checker failed (message says which and why).
@@ -58,7 +61,7 @@ def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset:
             str(path),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(output_names),
             dynamic_shapes=({0: batch},),
             opset_version=opset,
             external_data=False,  # one self-contained file (models here are far below 2 GB)
@@ -83,4 +86,4 @@ def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset:
         return out
 
     return {"inputs": describe(graph.input), "outputs": describe(graph.output), "opset": opset,
-            "dynamic_axes": {INPUT_NAME: {"0": "batch"}, **{o: {"0": "batch"} for o in OUTPUT_NAMES}}}
+            "dynamic_axes": {INPUT_NAME: {"0": "batch"}, **{o: {"0": "batch"} for o in output_names}}}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,16 @@ def session(path: str | Path, threads: int = 0) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run(sess: Any, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, probabilities) for every row of ``x``, in batches."""
+def run(sess: Any, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, ...]:
+    """Every output of the session (in the graph's order: the task's outputs, e.g. logits and
+    probabilities, or the prediction) for every row of ``x``, in batches."""
     name = sess.get_inputs()[0].name
-    logits, probs = [], []
+    parts: list[list[np.ndarray]] = [[] for _ in sess.get_outputs()]
     for start in range(0, len(x), batch_size):
-        lo, pr = sess.run(None, {name: np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)})
-        logits.append(lo)
-        probs.append(pr)
-    return np.concatenate(logits), np.concatenate(probs)
+        got = sess.run(None, {name: np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)})
+        for kept, value in zip(parts, got):
+            kept.append(value)
+    return tuple(np.concatenate(p) for p in parts)
 
 
 def latency(sess: Any, x: np.ndarray, batch: int, repeats: int = 50) -> float:
@@ -49,13 +49,3 @@ def latency(sess: Any, x: np.ndarray, batch: int, repeats: int = 50) -> float:
         sess.run(None, feed)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def accuracy(sess: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, int]:
-    """(accuracy, rows) of the session's argmax over ``(x, y)`` batches."""
-    right = total = 0
-    for x, y in batches:
-        _, probs = run(sess, x)
-        right += int((probs.argmax(axis=1) == y).sum())
-        total += len(y)
-    return (right / total if total else float("nan")), total

@@ -1,13 +1,12 @@
-"""Models: plain nets (``keel.models.nets``) and the LightningModule that trains them.
+"""Models: plain nets (``keel.models.nets``) and the LightningModule that trains them for a task.
 
-Exports resolve lazily so that light modules (config checks) can import
-``keel.models.metric_names`` without importing torch.
+Exports resolve lazily so that light modules (config checks) do not import torch.
 """
 
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"Classifier": "keel.models.classifier"}
+_EXPORTS = {"TaskModule": "keel.models.module", "Classifier": "keel.models.module"}
 
 __all__ = list(_EXPORTS)
 

@@ -97,11 +97,17 @@ class Bundle:
             raise ContractViolationError([report], source)
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def predict(self, data: Any, source: str = "input") -> tuple[np.ndarray, np.ndarray]:
-        """(class indices, probabilities) for contract-checked ``data``."""
-        x = self.encode(data, source)
-        _, probs = run(self.session, x)
-        return probs.argmax(axis=1), probs
+    @property
+    def task(self) -> Any:
+        """The bundle's task (bundles from before the task seam are classification)."""
+        from keel.tasks import get_task
+
+        return get_task(self.manifest.get("task", "classification"))
+
+    def predict(self, data: Any, source: str = "input") -> tuple[np.ndarray, ...]:
+        """The task's outputs (classification: logits and probabilities; regression: the
+        prediction in the target's units) for contract-checked ``data``."""
+        return run(self.session, self.encode(data, source))
 
 
 def load_bundle(root: str | Path, variant: str = "fp32", verify_hashes: bool = True) -> Bundle:
@@ -136,13 +142,17 @@ def verify_bundle(root: str | Path, atol: float = 1e-5) -> list[str]:
     for key in samples.values():
         safe_member(root, key)
     x = np.load(safe_member(root, samples["input"]), allow_pickle=False)
-    checks = [("fp32", "probabilities", "logits")]
-    if manifest["models"].get("int8"):
-        checks.append(("int8", "probabilities_int8", "logits_int8"))
-    for variant, prob_key, logit_key in checks:
+    from keel.tasks import get_task
+
+    names = get_task(manifest.get("task", "classification")).outputs
+    variants = ["fp32"] + (["int8"] if manifest["models"].get("int8") else [])
+    for variant in variants:
         sess = session(safe_member(root, manifest["models"][variant]))
-        logits, probs = run(sess, x)
-        for key, got in ((prob_key, probs), (logit_key, logits)):
+        keys = [name if variant == "fp32" else f"{name}_int8" for name in names]
+        for key, got in zip(keys, run(sess, x)):
+            if key not in samples:
+                problems.append(f"{variant} {key}: no stored sample outputs in the manifest")
+                continue
             expected = np.load(safe_member(root, samples[key]), allow_pickle=False)
             diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
             if diff > atol:

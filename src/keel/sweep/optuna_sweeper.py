@@ -2,7 +2,10 @@
 
 One command drives one study: ``python train.py -m hparams_search=optuna``. Each trial is one
 Hydra job (its own directory ``<sweep dir>/<job number>``); the job's return value
-(``keel.pipeline.train`` returns ``cfg.optimized_metric``) is told to the study. A job that
+(``keel.pipeline.train`` returns ``cfg.optimized_metric``) is told to the study. The objective
+``auto`` (the default ``optimized_metric``) is the task's optimized metric (``val/acc_best``,
+``val/rmse_best``), the task told from the composed sweep config as a job tells it
+(:func:`keel.tasks.resolve.resolve_task`); :func:`resolve_objective` decides it. A job that
 raises ``optuna.TrialPruned`` (the ``OptunaPruning`` callback this sweeper adds to each job)
 is recorded PRUNED, any other failure FAIL, and the sweep goes on.
 
@@ -19,6 +22,7 @@ import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ PRUNING_KEY = "callbacks.optuna_pruning"
 PRUNING_TARGET = "keel.callbacks.optuna_pruning.OptunaPruning"
 RESULTS_FILE = "optuna_study.yaml"
 OWNER_ATTR = "keel_owner"
+AUTO = "auto"  # keel.tasks.resolve.AUTO (that module is imported only when a metric is auto)
 
 
 class SweepFailedError(KeelError):
@@ -76,6 +81,85 @@ def finished_count(study: Any) -> int:
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     return sum(1 for t in done if not t.user_attrs.get("interrupted"))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a study optimizes and what its trials report to the pruner, ``auto`` resolved.
+
+    Attributes:
+        metric: the optimized metric (what each job returns), e.g. ``val/rmse_best``.
+        pruning_metric: the per-epoch value each trial reports to the pruner.
+        task: the task that turned ``auto`` into ``metric`` (None: the metric was named).
+        reason: how that task was told (``ResolvedTask.describe()``; empty when ``task`` is None).
+    """
+
+    metric: str
+    pruning_metric: str
+    task: str | None = None
+    reason: str = ""
+
+
+def _auto_problem(error: str) -> str:
+    from keel.tasks import TASKS, get_task
+
+    named = ", ".join(f"{get_task(t).optimized} ({t})" for t in TASKS)
+    return (f"optimized_metric=auto: the study's objective is the task's optimized metric, and the task cannot be "
+            f"told from the sweep's config: {error} Or name the objective: optimized_metric=<metric>, e.g. {named}")
+
+
+def resolve_objective(metric: str, pruning_metric: str | None, config: Any) -> Objective:
+    """The study's objective from the sweeper's ``metric`` (``${optimized_metric}``) and
+    ``pruning_metric`` options: ``auto`` becomes the optimized metric of the task that
+    ``config`` (the composed sweep config) resolves to; a null or ``auto`` ``pruning_metric``
+    becomes the objective. The config is read only when a metric is ``auto``.
+
+    Raises:
+        SweepConfigError: the task cannot be told (a :class:`keel.tasks.TaskError`: an unknown
+            task, one the contract contradicts, an ambiguous or missing target column, nothing
+            to tell it from) or the data file to tell it from cannot be read; the message says why
+            and names both fixes (the task, or the objective).
+    """
+    task = reason = None
+    if metric == AUTO:
+        from keel.tasks import TaskError, get_task
+        from keel.tasks.resolve import resolve_task
+
+        try:
+            resolved = resolve_task(config)
+        except TaskError as e:
+            raise SweepConfigError(_auto_problem(str(e))) from None
+        if resolved.source == "placeholder":  # no file to look at: every job would fail on it
+            path = OmegaConf.select(config, "data.path", default=None, throw_on_missing=False)
+            target = OmegaConf.select(config, "data.target", default=None, throw_on_missing=False)
+            raise SweepConfigError(_auto_problem(
+                f"the task is told from the target column data.target={target!r} of data.path={path!r}, which "
+                "could not be read. Fix: check data.path and data.target, or name the task (e.g. task=regression)."))
+        task, reason = resolved.name, resolved.describe()
+        metric = get_task(task).optimized
+    pruning = metric if pruning_metric in (None, AUTO) else pruning_metric
+    return Objective(metric, pruning, task, reason or "")
+
+
+def trial_task_problem(objective: Objective, job_config: Any) -> str | None:
+    """Why a trial's composed config does not fit a study whose objective came from its task
+    (a search space that changes ``data`` or ``task`` can make another task, whose value would
+    not compare), or None. Only a study with an ``auto`` objective (``objective.task``) is
+    checked; what the job itself would refuse (an unreadable file) is left to the job."""
+    if objective.task is None or not isinstance(job_config, DictConfig):
+        return None
+    from keel.tasks import TaskError, get_task
+    from keel.tasks.resolve import resolve_task
+
+    try:
+        resolved = resolve_task(job_config)
+    except TaskError as e:
+        return f"the task cannot be told: {e}"
+    if resolved.source == "placeholder" or resolved.name == objective.task:
+        return None
+    return (f"this trial's config makes a {resolved.name} task ({resolved.describe()}) but the study optimizes "
+            f"{objective.metric!r} of {objective.task}: one study cannot mix tasks. Fix: keep data and task fixed "
+            "in the search space (sweep each task in its own study)")
 
 
 def pruning_override(storage: str, study_name: str, number: int, monitor: str, pruner: Mapping[str, Any]) -> str:
@@ -130,10 +214,18 @@ class OptunaSweeperImpl:
         self.job_idx = 0
 
     # -- checks -------------------------------------------------------------------------------
-    def _check_options(self) -> tuple[str, str]:
+    def _check_options(self) -> tuple[Objective, str]:
+        """(the objective, the study's direction) from the options and the composed config.
+
+        Raises:
+            SweepConfigError: every bad option at once; then a task that cannot be told
+                (``auto`` objective), a bad direction, a pruning metric that improves the other
+                way, bad pruner options.
+        """
         problems = []
         if not self.metric:
-            problems.append("optimized_metric is null: a study needs an objective. Fix: optimized_metric=val/acc_best")
+            problems.append("optimized_metric is null: a study needs an objective. "
+                            "Fix: optimized_metric=auto (the task's optimized metric)")
         if not (isinstance(self.n_trials, int) and self.n_trials >= 1):
             problems.append(f"hydra.sweeper.n_trials={self.n_trials!r}: expected an integer >= 1")
         if not (isinstance(self.n_jobs, int) and self.n_jobs >= 1):
@@ -144,16 +236,17 @@ class OptunaSweeperImpl:
             problems.append("hydra.sweeper.study_name is empty. Fix: e.g. hydra.sweeper.study_name=digits_mlp")
         if problems:
             raise SweepConfigError("invalid sweeper options:\n" + "\n".join(f"  - {p}" for p in problems))
-        direction = resolve_direction(self.direction, self.metric)
-        monitor = self.pruning_metric or self.metric
+        objective = resolve_objective(self.metric, self.pruning_metric, self.config)
+        direction = resolve_direction(self.direction, objective.metric)
+        monitor = objective.pruning_metric
         if self.pruner_spec.get("type") != "none" and metric_direction(monitor) != direction:
             raise SweepConfigError(
                 f"hydra.sweeper.pruning_metric={monitor!r} improves by {metric_direction(monitor).replace('ize', 'izing')}"
-                f" but the study {direction}s {self.metric!r}: the pruner would stop the best trials. "
-                f"Fix: hydra.sweeper.pruning_metric={self.metric}"
+                f" but the study {direction}s {objective.metric!r}: the pruner would stop the best trials. "
+                f"Fix: hydra.sweeper.pruning_metric={objective.metric}"
             )
         build_pruner(self.pruner_spec)  # bad pruner options fail here, not in every job
-        return direction, monitor
+        return objective, direction
 
     # -- the sweep ----------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
@@ -161,14 +254,17 @@ class OptunaSweeperImpl:
 
         assert self.config is not None and self.launcher is not None
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # keel logs each trial itself
-        direction, monitor = self._check_options()
+        objective, direction = self._check_options()
+        if objective.task is not None:
+            log.info("keel_optuna: optimized_metric=auto -> %s (%s)", objective.metric, objective.reason)
         space = build_search_space(self.params, arguments)
         sweep_dir = self._pin_sweep_dir()
         storage_url = absolute_storage(self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
         storage = open_storage(storage_url)
         study = optuna.create_study(storage=storage, study_name=self.study_name, direction=direction,
                                     load_if_exists=True)
-        self._ctx = {"storage": storage_url, "monitor": monitor, "sweep_dir": sweep_dir, "direction": direction}
+        self._ctx = {"storage": storage_url, "monitor": objective.pruning_metric, "sweep_dir": sweep_dir,
+                     "direction": direction, "metric": objective.metric, "objective": objective}
         self._check_study(study, direction)
         requeued = self._recover_interrupted(study, storage)
         n_trials = self.n_trials
@@ -179,7 +275,7 @@ class OptunaSweeperImpl:
 
         done = finished_count(study)
         log.info("keel_optuna: study %r in %s (%s %s; %d finished trial(s)%s); target n_trials=%d; sweep dir %s",
-                 self.study_name, storage_url, direction, self.metric, done,
+                 self.study_name, storage_url, direction, objective.metric, done,
                  f", {requeued} interrupted trial(s) queued again" if requeued else "", n_trials, sweep_dir)
         if space.params:
             log.info("keel_optuna: searching %s", ", ".join(f"{n} ({p.kind})" for n, p in space.params.items()))
@@ -224,18 +320,19 @@ class OptunaSweeperImpl:
         return path
 
     def _check_study(self, study: Any, direction: str) -> None:
+        metric = self._ctx["metric"]
         stored_dir = study.direction.name.lower()
         if stored_dir != direction:
             raise SweepConfigError(
                 f"study {self.study_name!r} in {self._ctx['storage']} {stored_dir}s, but this sweep {direction}s "
-                f"{self.metric!r}. Fix: pick another hydra.sweeper.study_name, or the study's metric/direction"
+                f"{metric!r}. Fix: pick another hydra.sweeper.study_name, or the study's metric/direction"
             )
         stored_metric = study.user_attrs.get("optimized_metric")
         if stored_metric is None:
-            study.set_user_attr("optimized_metric", self.metric)
-        elif stored_metric != self.metric:
+            study.set_user_attr("optimized_metric", metric)
+        elif stored_metric != metric:
             raise SweepConfigError(
-                f"study {self.study_name!r} optimizes {stored_metric!r}, this sweep {self.metric!r}: their values do "
+                f"study {self.study_name!r} optimizes {stored_metric!r}, this sweep {metric!r}: their values do "
                 f"not compare. Fix: optimized_metric={stored_metric}, or another hydra.sweeper.study_name"
             )
 
@@ -307,11 +404,11 @@ class OptunaSweeperImpl:
                     value = float("nan")
                 if not math.isfinite(value):
                     self._tell_failed(study, trial, f"the job returned {ret._return_value!r}, not a finite number "
-                                                    f"({self.metric})", None)
+                                                    f"({ctx['metric']})", None)
                     failed += 1
                     continue
                 _tell(study, trial, values=value)
-                log.info("keel_optuna: trial %d COMPLETE: %s=%.6g", trial.number, self.metric, value)
+                log.info("keel_optuna: trial %d COMPLETE: %s=%.6g", trial.number, ctx["metric"], value)
             elif isinstance(ret._return_value, optuna.TrialPruned):
                 frozen = _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
                 log.info("keel_optuna: trial %d PRUNED at epoch %s (%s)", trial.number, frozen.last_step,
@@ -324,11 +421,11 @@ class OptunaSweeperImpl:
 
     def _compose_problem(self, overrides: Sequence[str]) -> str | None:
         try:
-            self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
-                                                               sweep_overrides=list(overrides))
+            job_config = self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
+                                                                            sweep_overrides=list(overrides))
         except Exception as e:  # noqa: BLE001 - any composition error fails this trial only
             return f"{type(e).__name__}: {e}"
-        return None
+        return trial_task_problem(self._ctx["objective"], job_config)
 
     def _tell_failed(self, study: Any, trial: Any, error: str, overrides: Sequence[str] | None) -> None:
         from optuna.trial import TrialState
@@ -348,7 +445,7 @@ class OptunaSweeperImpl:
             log.warning("keel_optuna: no trial completed (%s)", summary or "no trials")
             return
         best = study.best_trial
-        log.info("keel_optuna: best trial %d: %s=%.6g %s (%s)", best.number, self.metric, best.value,
+        log.info("keel_optuna: best trial %d: %s=%.6g %s (%s)", best.number, self._ctx["metric"], best.value,
                  best.params, summary)
         log.info("keel_optuna: report: keel sweep report %s", self._ctx["sweep_dir"])
 
@@ -361,12 +458,14 @@ class OptunaSweeperImpl:
         record: dict[str, Any] = {
             "study_name": self.study_name,
             "storage": ctx["storage"],
-            "optimized_metric": self.metric,
+            "optimized_metric": ctx["metric"],
             "direction": ctx["direction"],
             "pruning_metric": ctx["monitor"],
             "n_trials": n_trials,
             "trials": {s.lower(): n for s, n in _state_counts(study).items()},
         }
+        if ctx["objective"].task is not None:  # the task that made optimized_metric=auto this metric
+            record["task"] = ctx["objective"].task
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
             record["best"] = {"trial": best.number, "value": best.value, "params": dict(best.params),

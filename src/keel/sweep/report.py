@@ -2,7 +2,8 @@
 
 A sweep directory (``outputs/<task>/multiruns/<date>_<time>_<id>/``) holds one directory per
 job with ``.hydra/overrides.yaml`` and, when the job finished, ``metrics.json`` (written by
-``keel.pipeline.train``: ``metrics``, ``objective``, ``optimized_metric``, ``wall_time_s``). A job
+``keel.pipeline.train``: ``metrics``, ``objective``, ``optimized_metric``, ``wall_time_s`` and
+``task``, absent in older runs: classification). A job
 without ``metrics.json`` was pruned, crashed or is still running: the Optuna study named in
 ``optuna_study.yaml`` (written by the ``keel_optuna`` sweeper) says which; without a study the
 job's log is read (the pruning callback logs ``pruned at epoch N``).
@@ -26,11 +27,19 @@ import yaml
 
 from keel.errors import KeelError
 from keel.sweep.study import DIRECTIONS, metric_direction, open_storage, sqlite_path
+from keel.tasks import TASKS
 
 RESULTS_FILE = "optuna_study.yaml"  # keel.sweep.optuna_sweeper.RESULTS_FILE (kept import-light)
 PRUNING_KEY = "callbacks.optuna_pruning"
 STATUS_ORDER = ("complete", "pruned", "running", "failed")
-DEFAULT_METRICS = ("test/acc", "test/loss", "val/acc_best", "val/loss_best")
+# The metric columns a job's task brings (those some job logged are shown); a sweep of both
+# tasks shows the union, in TASKS order.
+TASK_METRICS = {
+    "classification": ("test/acc", "test/loss", "val/acc_best", "val/loss_best"),
+    "regression": ("test/rmse", "test/r2", "val/rmse_best", "val/loss_best"),
+}
+DEFAULT_TASK = "classification"  # a metrics.json without a task key (written before regression)
+DEFAULT_METRICS = TASK_METRICS[DEFAULT_TASK]
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
 _PRUNED = re.compile(r"pruned at epoch (\d+)(.*)$")
 
@@ -46,6 +55,7 @@ class JobRow:
     metrics: dict[str, float] = field(default_factory=dict)
     objective: float | None = None
     optimized_metric: str | None = None
+    task: str | None = None
     duration_s: float | None = None
     trial: int | None = None
     note: str = ""
@@ -216,6 +226,7 @@ def _rows_of(sweep_dir: Path, label: str, notes: list[str]) -> tuple[list[JobRow
                 row.metrics = {k: float(v) for k, v in (m.get("metrics") or {}).items() if _finite(v)}
                 row.objective = m.get("objective")
                 row.optimized_metric = m.get("optimized_metric")
+                row.task = str(m.get("task") or DEFAULT_TASK)
                 row.duration_s = m.get("wall_time_s")
         if row.status != "complete":
             log_status, log_note, log_duration = _log_info(job_dir)
@@ -243,7 +254,8 @@ def build_report(sweep_dirs: Sequence[str | Path], direction: str | None = None,
     Args:
         sweep_dirs: one or more multirun directories (several: one study resumed over runs).
         direction: ``maximize``/``minimize``; default the study's, else from the metric's name.
-        metrics: metric columns besides the objective (default ``DEFAULT_METRICS`` present).
+        metrics: metric columns besides the objective (default: :func:`default_metrics`, those
+            some job logged).
 
     Raises:
         KeelError: a directory is missing or holds no job directories.
@@ -283,9 +295,19 @@ def build_report(sweep_dirs: Sequence[str | Path], direction: str | None = None,
     rows.sort(key=key)
     for i, r in enumerate(rows, 1):
         r.rank = i
-    wanted = list(metrics) if metrics else [m for m in DEFAULT_METRICS if any(m in r.metrics for r in rows)]
+    wanted = list(metrics) if metrics else [m for m in default_metrics(rows) if any(m in r.metrics for r in rows)]
     columns = [m for m in wanted if m != metric]
     return SweepReport(dirs, rows, metric, direction, source, columns, record, notes)
+
+
+def default_metrics(rows: Sequence[JobRow]) -> list[str]:
+    """The metric columns of the tasks of ``rows`` (:data:`TASK_METRICS`; a sweep of several
+    tasks: the union in :data:`TASKS` order; no finished job: classification's)."""
+    tasks = {r.task for r in rows if r.task}
+    out: list[str] = []
+    for task in [t for t in TASKS if t in tasks] or [DEFAULT_TASK]:
+        out += [m for m in TASK_METRICS.get(task, ()) if m not in out]
+    return out
 
 
 # -- rendering --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from keel.errors import KeelError
+from keel.tasks import metric_mode
 
 SQLITE = "sqlite:///"
 DIRECTIONS = ("maximize", "minimize")
@@ -22,8 +23,11 @@ class SweepConfigError(KeelError):
 
 
 def metric_direction(metric: str) -> str:
-    """``minimize`` for losses (``val/loss``, ``val/loss_best``), ``maximize`` for the rest."""
-    return "minimize" if "loss" in metric.rsplit("/", 1)[-1] else "maximize"
+    """``maximize`` or ``minimize``: the way ``metric`` improves, from the task that logs it
+    (:func:`keel.tasks.metric_mode`): ``val/acc_best``, ``val/r2_best`` maximize; losses,
+    ``val/rmse_best``, ``test/mae`` minimize; a name no task logs minimizes when it says
+    ``loss`` and maximizes otherwise."""
+    return "maximize" if metric_mode(metric) == "max" else "minimize"
 
 
 def resolve_direction(direction: str, metric: str) -> str:

@@ -15,7 +15,7 @@ class CNN(nn.Module):
 
     Args:
         input_shape: ``[channels, height, width]`` of one sample.
-        num_classes: number of output logits.
+        num_classes: number of outputs (the classes' logits, or 1 for regression).
         channels: output channels of each stage.
         dropout: dropout probability before the head.
         norm: ``batch`` or ``none``.

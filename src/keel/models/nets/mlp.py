@@ -14,7 +14,7 @@ class MLP(nn.Module):
 
     Args:
         input_shape: shape of one sample (any rank; it is flattened), e.g. ``[1, 8, 8]``.
-        num_classes: number of output logits.
+        num_classes: number of outputs (the classes' logits, or 1 for regression).
         hidden: widths of the hidden layers.
         dropout: dropout probability after each hidden block.
         norm: ``batch``, ``layer`` or ``none``.
@@ -35,8 +35,8 @@ class MLP(nn.Module):
         super().__init__()
         if norm not in ("batch", "layer", "none"):
             raise ValueError(f"norm={norm!r}: expected one of ['batch', 'layer', 'none']")
-        if num_classes < 2:
-            raise ValueError(f"num_classes={num_classes}: expected >= 2")
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}: expected >= 1 (the classes, or 1 for regression)")
         layers: list[nn.Module] = [nn.Flatten()]
         width = prod(int(d) for d in input_shape)
         for h in hidden:

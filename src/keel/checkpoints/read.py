@@ -1,8 +1,14 @@
-"""Load keel checkpoints safely: plain data only, never unpickling code."""
+"""Reading keel checkpoints: safely (plain data only, never unpickling code), and once.
+
+``read_checkpoint`` gives what keel needs of a checkpoint file (its keel section, the net and
+the step) from one ``torch.load``; everything that must look inside a checkpoint (the resume
+plan, export) takes that summary instead of loading the file again.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +64,37 @@ def keel_section(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     return section
 
 
-def check_resumable(path: str | Path, net: dict[str, Any], contract: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What keel reads of a checkpoint file: its path, its global step, the net it was trained
+    with (``hyper_parameters.net``) and its keel section (contract, preprocessing, config...)."""
+
+    path: Path
+    global_step: int
+    net: dict[str, Any]
+    section: dict[str, Any]
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """:func:`load_checkpoint` + :func:`keel_section`, kept as a :class:`CheckpointInfo` (the
+    weights are not kept).
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`, or not a keel checkpoint.
+    """
+    ckpt = load_checkpoint(path)
+    section = keel_section(ckpt, path)
+    return CheckpointInfo(Path(path), int(ckpt.get("global_step", 0)), dict(ckpt["hyper_parameters"].get("net", {})),
+                          section)
+
+
+def check_resumable(info: CheckpointInfo, net: dict[str, Any], contract: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint of another net or another data contract.
 
     Raises:
         CheckpointError: naming what differs and how to fix it.
     """
-    ckpt = load_checkpoint(path)
-    section = keel_section(ckpt, path)
-    old_net = ckpt["hyper_parameters"].get("net", {})
+    path, section, old_net = info.path, info.section, info.net
     problems = []
     if old_net != net:
         diff = sorted(k for k in set(old_net) | set(net) if old_net.get(k) != net.get(k))
@@ -84,4 +112,4 @@ def check_resumable(path: str | Path, net: dict[str, Any], contract: dict[str, A
         )
 
 
-__all__ = ["CheckpointError", "check_resumable", "keel_section", "load_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointInfo", "check_resumable", "keel_section", "load_checkpoint", "read_checkpoint"]

@@ -1,4 +1,4 @@
-"""Checkpoint writes that a kill cannot tear: temp file in the same directory, fsync, rename.
+"""Writing checkpoints so that a kill cannot tear them: temp file in the same directory, fsync, rename.
 
 Lightning 2.6's ``TorchCheckpointIO`` serializes to memory and writes through an fsspec
 transaction. For local paths fsspec writes into ``tempfile.mkstemp()`` (the system temp
@@ -21,7 +21,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from keel.run_manifest import write_atomic
+from keel.atomic import write_atomic
 
 
 def _is_local(path: str | Path) -> bool:

@@ -1,0 +1,419 @@
+"""One run's work: data -> model -> Trainer -> fit -> test with the best checkpoint -> bundle.
+
+:func:`fit_test_export` takes the frozen run config and the resume plan and returns a
+:class:`FitResult`; nothing is handed over through attributes set on callbacks or modules. The
+lifecycle around it (directory, lock, record, signals) is :mod:`keel.run.lifecycle`; what is
+written and printed of the result is :mod:`keel.run.report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from keel.errors import KeelError
+
+log = logging.getLogger("keel")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one run produced (plain data): metrics, checkpoints, the test record and the bundle."""
+
+    task: str
+    metrics: dict[str, float]
+    optimized_metric: str | None
+    objective: float | None
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    epochs_trained: int
+    global_step: int
+    stopped_early: bool
+    test_record: dict[str, Any]
+    split_sizes: dict[str, int]
+    contract_fingerprint: str
+    world_size: int
+    is_global_zero: bool
+    bundle: dict[str, Any] | None = None
+    loggers: list[Any] = field(default_factory=list, repr=False)
+
+
+def instantiate_group(
+    group: DictConfig | None, what: str, kwargs_for: Callable[[DictConfig], dict[str, Any]] | None = None
+) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (None/empty: []).
+
+    ``kwargs_for(node)``: extra constructor arguments for an entry (e.g. a resumed run's TensorBoard purge step).
+    """
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    out = []
+    for name, node in group.items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise KeelError(f"{what}.{name} has no _target_: each entry of `{what}` must be a config with a _target_")
+        out.append(instantiate(node, **(kwargs_for(node) if kwargs_for else {})))
+    return out
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> Any:
+    """Build the LightningModule from ``cfg.model`` and what the data fitted (plain data only).
+
+    The task is the data contract's (``cfg.task``, when it names one, must agree). The net gets
+    the contract's input shape and the task's output size where its config leaves them null.
+    """
+    from hydra.utils import get_class
+
+    from keel.tasks import get_task
+
+    task = get_task(datamodule.contract.task)
+    wanted = cfg.get("task", "auto")
+    if wanted not in (None, "auto", task.name):
+        raise KeelError(f"task={wanted} but the data's contract {datamodule.contract.name!r} is a {task.name} "
+                        f"contract. Fix: task={task.name}")
+    # Called directly (not hydra's instantiate, which would hand over DictConfigs): the module's
+    # hyperparameters must be plain containers to load with torch.load(weights_only=True).
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    module_cls = get_class(model_cfg.pop("_target_"))
+    model_cfg.pop("_recursive_", None)
+    net = model_cfg["net"]
+    # null in the config: known only after setup (a contract inferred from the file)
+    if net.get("input_shape", "") is None:
+        net["input_shape"] = datamodule.net_input_shape
+    if net.get("num_classes", "") is None:
+        net["num_classes"] = task.output_size(datamodule.contract)
+    model_cfg["loss"] = task.prepare_loss(model_cfg.get("loss") or {}, datamodule)
+    return module_cls(
+        **model_cfg,
+        task=task.name,
+        target=task.target_info(datamodule),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        preprocessing=datamodule.preprocessing,
+        contract=datamodule.contract.to_dict(),
+        reference=datamodule.reference or None,
+    )
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+def route_lightning_logs() -> None:
+    """Send Lightning's messages through Hydra's handlers once (console + run log), not twice."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+
+
+def _overfit_adapter(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """Trainer arguments that make ``trainer.overfit_batches`` work with keel's in-memory data.
+
+    Lightning implements overfitting by swapping the loader's sampler for a per-row
+    ``SequentialSampler``, which breaks keel's whole-batch ``IndexBatchSampler`` (batches of
+    one row, no batch axis). Here the sampler stays; its per-epoch shuffle is switched off so
+    that every epoch sees the same first N batches, and Lightning gets the equivalent limits.
+    """
+    from keel.data.in_memory import InMemoryDataModule
+
+    n = cfg.trainer.get("overfit_batches") or 0
+    if not n or not isinstance(datamodule, InMemoryDataModule):
+        return {}
+    shuffled = datamodule.train_dataloader
+
+    def same_batches_every_epoch() -> Any:
+        loader = shuffled()
+        loader.sampler.shuffle = False
+        return loader
+
+    datamodule.train_dataloader = same_batches_every_epoch
+    log.info("trainer.overfit_batches=%s: training on the same %s train batches every epoch (no shuffle)", n, n)
+    return {"overfit_batches": 0.0, "limit_train_batches": n, "limit_val_batches": n}
+
+
+def _latest_checkpoint_writer(ckpt_cb: Any) -> Any:
+    """A checkpoint callback that writes ``last.ckpt`` at the end of *every* epoch.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also
+    wrote a top-k checkpoint at that step, i.e. when the monitored metric improved: after a
+    plateau, ``last.ckpt`` is many epochs old and ``ckpt_path=auto`` would redo them all. When
+    the run's checkpoint callback asks for a last checkpoint, this one takes that job over
+    (same directory, same name, every epoch) and the original keeps the best top-k files.
+    Returns None when the run keeps no last checkpoint.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if ckpt_cb is None or not ckpt_cb.save_last:
+        return None
+    if ckpt_cb.save_last == "link":  # a link to the newest top-k file: keep Lightning's behaviour
+        return None
+    ckpt_cb.save_last = False
+    return ModelCheckpoint(dirpath=ckpt_cb.dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
+                           save_top_k=1, every_n_epochs=1, enable_version_counter=False)
+
+
+def _trainer_plugins(cfg: DictConfig) -> list[Any]:
+    """Plugins the trainer config itself names (``+trainer.plugins=[...]``), instantiated."""
+    from hydra.utils import instantiate
+
+    plugins = cfg.trainer.get("plugins")
+    if not plugins:
+        return []
+    return list(instantiate(plugins)) if isinstance(plugins, ListConfig) else [instantiate(plugins)]
+
+
+def write_data_reports(output_dir: Path, datamodule: Any) -> None:
+    """The run's data record: the contract used, every split's contract report (with what was
+    dropped) and the drift/leakage report, under ``<run>/data/``."""
+    import yaml
+
+    from keel.atomic import write_json_atomic
+
+    out = output_dir / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "contract.yaml").write_text(yaml.safe_dump(datamodule.contract.to_dict(), sort_keys=False))
+    write_json_atomic(out / "contract_report.json", datamodule.data_report())
+    if datamodule.drift:
+        write_json_atomic(out / "drift_report.json", datamodule.drift)
+
+
+def log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 64) -> None:
+    """Drift and leakage to TensorBoard: per split summaries, label shift, leakage counts and
+    per-feature PSI/JS (raw values, not only alerts) for up to ``max_features`` features."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    drift = datamodule.drift
+    for lg in loggers:
+        if not isinstance(lg, TensorBoardLogger) or not drift:
+            continue
+        w = lg.experiment
+        for split, r in drift["splits"].items():
+            summary = r["summary"]
+            w.add_scalar(f"drift/{split}/psi_max", summary["max_psi"], 0)
+            w.add_scalar(f"drift/{split}/psi_mean", summary["mean_psi"], 0)
+            w.add_scalar(f"drift/{split}/features_warn", summary["n_warn"], 0)
+            w.add_scalar(f"drift/{split}/features_alert", summary["n_alert"], 0)
+            if r.get("labels"):
+                w.add_scalar(f"drift/{split}/label_js", r["labels"]["js"], 0)
+            if r.get("target") and r["target"].get("psi") is not None:
+                w.add_scalar(f"drift/{split}/target_psi", r["target"]["psi"], 0)
+            if r.get("leakage"):
+                w.add_scalar(f"drift/{split}/leaked_rows", r["leakage"]["count"], 0)
+            for name, f in list(r["features"].items())[:max_features]:
+                value = f["psi"] if f["kind"] == "numeric" else f["js"]
+                w.add_scalar(f"drift_features/{split}/{name}", value, 0)
+        dropped = datamodule.dropped.get("total", 0) if datamodule.dropped else 0
+        w.add_scalar("data/dropped_rows", dropped, 0)
+
+
+def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items())}
+
+
+def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Callable[[dict], None],
+                    signals: Any = None) -> FitResult:
+    """Set up the data, build the model and the Trainer, fit (from ``plan.checkpoint`` when
+    there is one), test the best checkpoint and, on rank 0, export the bundle (the config's
+    ``callbacks.onnx_export`` / ``callbacks.quantize`` steps).
+
+    Args:
+        cfg: the run's frozen config (task resolved).
+        plan: the run's :class:`keel.run.resume.ResumePlan`.
+        output_dir: the run directory.
+        note_data: called (rank 0) with the data's fingerprint once the data is set up.
+        signals: the run's :class:`keel.callbacks.preemption.StopSignals` (None: no preemption handling).
+
+    Raises:
+        CheckpointError: the plan's checkpoint is of another net or contract.
+        KeelError: ``optimized_metric`` was not logged; the data or export failed their checks.
+    """
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from keel import gc_phases
+    from keel.callbacks import NanGuard, OnnxExport, Quantize, RngState, RunConfigInCheckpoint
+    from keel.checkpoints.read import check_resumable
+    from keel.checkpoints.write import AtomicCheckpointIO
+    from keel.distributed import cpu_threads_per_process, hydra_ddp_relaunch, is_fsdp
+    from keel.hook_dispatch import NoProfiler, lean_dispatch
+    from keel.provenance import data_fingerprint
+    from keel.run.lifecycle import resume_command
+
+    route_lightning_logs()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    if rank_zero_only.rank == 0:
+        write_data_reports(output_dir, datamodule)
+        note_data(data_fingerprint(datamodule))
+    model = build_model(cfg, datamodule)
+    if plan.checkpoint is not None:
+        check_resumable(plan.checkpoint, dict(model.hparams.net), datamodule.contract.to_dict())
+    continued = plan.checkpoint is not None and plan.same_run  # this run, continued in its own directory
+
+    def logger_kwargs(node: DictConfig) -> dict[str, Any]:
+        # Continuing in the same TensorBoard run: hide what the interrupted attempt logged after
+        # the checkpoint's step (SummaryWriter purge_step), so redone steps show once. Step N
+        # itself is kept: callbacks log the finished epoch's values there (an epoch-start LR
+        # logged at N by both attempts shows twice, with the same value). The graph is there already.
+        if not str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+            return {}
+        if continued:
+            return {"purge_step": plan.start_step + 1, "log_graph": False}
+        if is_fsdp(cfg.trainer.get("strategy")):  # torch.jit.trace (the Graphs tab) cannot trace FSDP units
+            return {"log_graph": False}
+        return {}
+
+    loggers = instantiate_group(cfg.get("logger"), "logger", kwargs_for=logger_kwargs)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    # the bundle steps run after testing, called with the best checkpoint (their results are
+    # this function's return value); they are not hooks of this run's Trainer
+    exporter = next((c for c in callbacks if isinstance(c, OnnxExport)), None)
+    quantizer = next((c for c in callbacks if isinstance(c, Quantize)), None)
+    callbacks = [c for c in callbacks if not isinstance(c, (OnnxExport, Quantize))]
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        log.info("logger=none: skipping the LR monitor (it needs a logger)")
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # Safety on every run, not options: stop at the first NaN/Inf; RNG state in each checkpoint
+    # so that a resumed run continues the uninterrupted one's random streams; the run's config
+    # in each checkpoint so that export rebuilds its data.
+    callbacks += [NanGuard(), RngState(), RunConfigInCheckpoint(run_config)]
+    ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    if signals is not None:
+        from keel.callbacks.preemption import Preemption
+
+        ckpt_dir = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else output_dir / "checkpoints"
+        callbacks.append(Preemption(signals, ckpt_dir / "last.ckpt", resume_hint=resume_command(output_dir)))
+    latest_cb = _latest_checkpoint_writer(ckpt_cb)
+    if latest_cb is not None:
+        callbacks.append(latest_cb)
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=ckpt_cb is not None,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        # the DataModule shards its own batches (keel.data.batches): no sampler replacement
+        use_distributed_sampler=False,
+        # last.ckpt must be whole after any kill: ckpt_path=auto resumes from it
+        plugins=[*_trainer_plugins(cfg), AtomicCheckpointIO()],
+        **_overfit_adapter(cfg, datamodule),
+        **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),
+    )
+    # no per-step calls to hooks that only Lightning's empty defaults implement
+    lean_dispatch(trainer, model)
+    if trainer.num_devices * trainer.num_nodes > 1 and trainer.strategy.root_device.type == "cpu":
+        # One process per device shares this node's cores: N processes x all cores threads thrash.
+        threads = cpu_threads_per_process(trainer.num_devices)
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    if trainer.is_global_zero and not continued:  # a continued run logged them when it started
+        log_data_reports(loggers, datamodule)
+
+    # start-up is over: what exists now is never traversed by a collection again (keel.gc_phases)
+    gc_phases.settle()
+    with hydra_ddp_relaunch(str(output_dir)):
+        with warnings.catch_warnings():
+            if continued:
+                # continuing this run in its own directory: its checkpoints are expected there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+        if plan.start_step is not None and trainer.global_step == plan.start_step:
+            # resumed after its last epoch (stopped while testing or exporting): fit trained and
+            # logged nothing; validation gives back the val metrics (best-so-far is in the checkpoint)
+            log.info("training had finished before the interruption: validating the restored weights")
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        fit_metrics = dict(trainer.callback_metrics)
+        # read before testing: testing the best checkpoint restores the callbacks' state as saved then
+        stopped_early = bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0))
+        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+        fast = bool(trainer.fast_dev_run)
+        # testing (and the export after it) imports and runs the ONNX exporter: its imports would
+        # again set off full collections (keel.gc_phases); settled when the job has ended
+        gc_phases.pause()
+        if best and not fast:
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        else:
+            log.info("no best checkpoint (callbacks without model_checkpoint): testing the final weights")
+            trainer.test(model, datamodule=datamodule, verbose=False)
+        test_metrics = dict(trainer.callback_metrics)
+
+    metrics = _plain_metrics({**fit_metrics, **{k: v for k, v in test_metrics.items() if k.startswith("test/")}})
+    if cfg.optimized_metric is not None and cfg.optimized_metric not in metrics:
+        raise KeelError(
+            f"optimized_metric={cfg.optimized_metric!r} was not logged by this run. "
+            f"Logged: {', '.join(sorted(metrics))}"
+        )
+    bundle = None
+    if trainer.is_global_zero and (exporter is not None or quantizer is not None):
+        bundle = export_bundle(exporter, quantizer, best if not fast else "", datamodule, run_config,
+                               {k: v for k, v in metrics.items() if k.startswith("test/")})
+    last = (latest_cb.best_model_path if latest_cb is not None else getattr(ckpt_cb, "last_model_path", None)) or None
+    if last is None and (output_dir / "checkpoints" / "last.ckpt").is_file() and ckpt_cb is not None:
+        last = str(output_dir / "checkpoints" / "last.ckpt")
+    return FitResult(
+        task=model.task.name,
+        metrics=metrics,
+        optimized_metric=cfg.optimized_metric,
+        objective=metrics[cfg.optimized_metric] if cfg.optimized_metric else None,
+        best_checkpoint=best or None,
+        last_checkpoint=last,
+        epochs_trained=trainer.current_epoch,
+        global_step=trainer.global_step,
+        stopped_early=stopped_early,
+        test_record=model.task.test_record(model.split_records.get("test"), datamodule.contract),
+        split_sizes=datamodule.split_sizes(),
+        contract_fingerprint=datamodule.contract.fingerprint(),
+        world_size=trainer.world_size,
+        is_global_zero=trainer.is_global_zero,
+        bundle=bundle,
+        loggers=loggers,
+    )
+
+
+def export_bundle(exporter: Any, quantizer: Any, ckpt_path: str, datamodule: Any, config: dict[str, Any],
+                  test_metrics: dict[str, float]) -> dict[str, Any] | None:
+    """The run's bundle from its best checkpoint: ONNX export (parity-gated), then int8 (within the
+    task's budget). Returns the bundle's summary for the run record, or None when nothing was
+    exported (no export step, or no best checkpoint)."""
+    manifest = None
+    if exporter is not None:
+        if not ckpt_path:
+            log.warning("onnx_export: no best checkpoint (checkpointing off): no bundle written")
+            return None
+        manifest = exporter.export(ckpt_path, datamodule, config=config, run_metrics=test_metrics)
+    if quantizer is not None:
+        manifest = quantizer.quantize(datamodule) or manifest
+    if manifest is None:
+        return None
+    return {
+        "dir": str(exporter.bundle_dir if exporter is not None else quantizer.bundle_dir),
+        "task": manifest.get("task", "classification"),
+        "models": manifest["models"],
+        "parity": manifest["parity"],
+        "metrics": {k: v for k, v in manifest["metrics"].items() if k != "training"},
+        "quantization": manifest.get("quantization"),
+    }
+
+
+__all__ = ["FitResult", "build_model", "export_bundle", "fit_test_export", "instantiate_group", "log_data_reports",
+           "route_lightning_logs", "write_data_reports"]

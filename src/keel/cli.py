@@ -263,8 +263,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="sweep dir(s), e.g. outputs/train/multiruns/<date>_<time>_<id>")
     report.add_argument("--direction", choices=["maximize", "minimize"],
                         help="sort order (default: the Optuna study's, else from the metric's name)")
-    report.add_argument("--metrics", help="comma-separated metric columns (default: test/acc,test/loss,val/acc_best,"
-                                          "val/loss_best)")
+    report.add_argument("--metrics", help="comma-separated metric columns (default, by the jobs' task: "
+                                          "classification test/acc,test/loss,val/acc_best,val/loss_best; "
+                                          "regression test/rmse,test/r2,val/rmse_best,val/loss_best)")
     report.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     report.add_argument("--csv", metavar="FILE", help="also write every metric of every job as CSV")
     report.set_defaults(func=_sweep_report)

@@ -89,6 +89,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Any:
         net["input_shape"] = datamodule.net_input_shape
     if net.get("num_classes", "") is None:
         net["num_classes"] = task.output_size(datamodule.contract)
+    model_cfg["net"] = net = task.prepare_net(net)  # norm: auto -> the task's
     model_cfg["loss"] = task.prepare_loss(model_cfg.get("loss") or {}, datamodule)
     return module_cls(
         **model_cfg,
@@ -250,7 +251,6 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
     from keel.checkpoints.read import check_resumable
     from keel.checkpoints.write import AtomicCheckpointIO
     from keel.distributed import cpu_threads_per_process, hydra_ddp_relaunch, is_fsdp
-    from keel.hook_dispatch import NoProfiler, lean_dispatch
     from keel.provenance import data_fingerprint
     from keel.run.lifecycle import resume_command
 
@@ -316,10 +316,7 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
         # last.ckpt must be whole after any kill: ckpt_path=auto resumes from it
         plugins=[*_trainer_plugins(cfg), AtomicCheckpointIO()],
         **_overfit_adapter(cfg, datamodule),
-        **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),
     )
-    # no per-step calls to hooks that only Lightning's empty defaults implement
-    lean_dispatch(trainer, model)
     if trainer.num_devices * trainer.num_nodes > 1 and trainer.strategy.root_device.type == "cpu":
         # One process per device shares this node's cores: N processes x all cores threads thrash.
         threads = cpu_threads_per_process(trainer.num_devices)

@@ -138,89 +138,111 @@ def test_invalid_arguments_raise(kwargs, pattern):
         IndexBatchSampler(**args)
 
 
-def _loader(**kwargs):
+def _data():
     from torch.utils.data import TensorDataset
 
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(23, 4, generator=g), torch.randint(0, 3, (23,), generator=g))
+
+
+def _loader(**kwargs):
     from keel.data.batches import ResumableLoader
 
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(23, 4, generator=g), torch.randint(0, 3, (23,), generator=g))
-    return ResumableLoader(data, sampler=IndexBatchSampler(23, 5, shuffle=True, seed=1, pad=True), batch_size=None,
+    return ResumableLoader(_data(), sampler=IndexBatchSampler(23, 5, shuffle=True, seed=1, pad=True), batch_size=None,
                            **kwargs)
 
 
-def test_direct_batches_are_what_the_dataloader_iterator_yields():
-    """The in-process fast path yields the same lists of tensors, the same count, and leaves the
-    global random stream where DataLoader's iterator leaves it (its base-seed draw)."""
-    from torch.utils.data import DataLoader
-
-    from keel.data.batches import _TensorBatches
-
+def test_loader_batches_are_one_gather_of_each_sampled_index_batch():
+    """Through a plain DataLoader (sampler + ``batch_size=None``), each batch is the rows of one
+    index batch of the sampler, in the sampler's order, from every tensor of the dataset."""
     loader = _loader()
+    x, y = loader.dataset.tensors
     for epoch in range(2):
         loader.sampler.set_epoch(epoch)
+        indices = list(loader.sampler)
+        got = list(loader)
+        assert len(loader) == len(got) == len(indices) == 5 and loader.served == 5
+        for index, batch in zip(indices, got, strict=True):
+            assert len(batch) == 2 and torch.equal(batch[0], x[index]) and torch.equal(batch[1], y[index])
+            assert batch[0].shape == (len(index), 4) and batch[1].dtype == torch.int64
+
+
+def test_same_seed_same_batches_and_random_stream():
+    """Two loaders with the same sampler seed hand out the same batches in the same order, and
+    an epoch leaves the global random stream where a plain DataLoader epoch leaves it."""
+    from torch.utils.data import DataLoader
+
+    a, b = _loader(), _loader()
+    plain = DataLoader(_data(), sampler=IndexBatchSampler(23, 5, shuffle=True, seed=1, pad=True), batch_size=None)
+    for epoch in range(2):
+        for loader in (a, b, plain):
+            loader.sampler.set_epoch(epoch)
         torch.manual_seed(7)
-        expected = list(DataLoader.__iter__(loader))
+        want = list(plain)
         state = torch.get_rng_state()
-        torch.manual_seed(7)
-        it = iter(loader)
-        assert isinstance(it, _TensorBatches) and len(it) == len(expected) == 5
-        got = list(it)
-        assert torch.equal(torch.get_rng_state(), state)
-        assert loader.served == 5
-        assert [type(b) for b in got] == [list] * 5
-        for a, b in zip(expected, got):
-            assert len(a) == len(b) == 2 and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for loader in (a, b):
+            torch.manual_seed(7)
+            got = list(loader)
+            assert torch.equal(torch.get_rng_state(), state)
+            assert len(got) == len(want) == 5
+            for u, v in zip(want, got, strict=True):
+                assert torch.equal(u[0], v[0]) and torch.equal(u[1], v[1])
+    other = _loader()
+    other.sampler.seed = 2
+    assert not all(torch.equal(u[1], v[1]) for u, v in zip(list(_loader()), list(other)))
 
 
-def test_direct_batches_gather_like_indexing_for_images_and_views():
-    """The fast path's gather (index_select) gives what TensorDataset's ``t[index]`` gives: the
-    values, dtype, shape and a contiguous result, for image-shaped rows and for a split that is a
-    non-contiguous view."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from keel.data.batches import TensorLoader, _TensorBatches
-
-    g = torch.Generator().manual_seed(3)
-    images = torch.randn(17, 1, 8, 8, generator=g)
-    view = torch.randn(5, 17, generator=g).T  # (17, 5), not contiguous
-    labels = torch.randint(0, 10, (17,), generator=g, dtype=torch.int64)
-    loader = TensorLoader(TensorDataset(images, view, labels),
-                          sampler=IndexBatchSampler(17, 6, shuffle=True, seed=2), batch_size=None)
-    it = iter(loader)
-    assert isinstance(it, _TensorBatches)
-    for want, got in zip(DataLoader.__iter__(loader), it, strict=True):
-        for a, b in zip(want, got, strict=True):
-            assert a.dtype == b.dtype and a.shape == b.shape and b.is_contiguous() and torch.equal(a, b)
-
-
-def test_direct_batches_resume_inside_an_epoch():
+def test_resume_inside_an_epoch_skips_the_batches_done():
     loader = _loader()
     loader.sampler.set_epoch(3)
     whole = list(loader)
+    assert loader.state_dict() == {"epoch": 3, "batches_done": 5}
     loader.load_state_dict({"epoch": 3, "batches_done": 2})
     rest = list(loader)
-    assert loader.served == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(whole[2:], rest))
+    assert loader.served == 3 and len(rest) == 3
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[2:], rest, strict=True))
+    assert len(list(loader)) == 5  # the skip happens once: the epoch read again is whole
 
 
-def test_dataloader_iterator_is_kept_where_the_fast_path_does_not_apply():
-    from keel.data.batches import _Counting
-
-    assert isinstance(iter(_loader(collate_fn=lambda batch: batch)), _Counting)
+def test_resume_counts_batches_with_workers_and_a_custom_collate():
     workers = _loader(num_workers=1)
-    it = iter(workers)
-    assert isinstance(it, _Counting) and len(list(it)) == 5 and workers.served == 5
+    workers.sampler.set_epoch(1)
+    whole = list(workers)
+    assert workers.served == 5
+    workers.load_state_dict({"epoch": 1, "batches_done": 4})
+    rest = list(workers)
+    assert workers.served == 1 and len(rest) == 1 and torch.equal(rest[0][0], whole[4][0])
+    custom = _loader(collate_fn=lambda batch: batch)
+    it = iter(custom)
+    assert len(it) == 5 and len(list(it)) == 5 and custom.served == 5
 
 
-def test_evaluation_loader_takes_the_fast_path_in_order():
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ddp_shards_through_the_loader_are_padded_to_equal_length(world_size):
+    """Each rank's training loader covers its padded shard: the same number of batches and rows
+    on every rank, every row of the split on some rank, only the padding repeated."""
+    from keel.data.batches import ResumableLoader
+
+    data = _data()
+    loaders = [ResumableLoader(data, sampler=IndexBatchSampler(23, 4, shuffle=True, seed=5, rank=r,
+                                                               world_size=world_size, pad=True), batch_size=None)
+               for r in range(world_size)]
+    per_rank = [list(loader) for loader in loaders]
+    rows_per_rank = -(-23 // world_size)
+    assert [len(b) for b in per_rank] == [len(loader) for loader in loaders] == [-(-rows_per_rank // 4)] * world_size
+    features = [torch.cat([b[0] for b in batches]) for batches in per_rank]
+    assert [len(x) for x in features] == [rows_per_rank] * world_size
+    seen = Counter(tuple(row.tolist()) for x in features for row in x)
+    assert set(seen) == {tuple(row.tolist()) for row in data.tensors[0]}
+    assert sum(c - 1 for c in seen.values()) == rows_per_rank * world_size - 23
+
+
+def test_evaluation_loader_is_in_order():
     from torch.utils.data import DataLoader, TensorDataset
 
-    from keel.data.batches import TensorLoader, _TensorBatches
-
     data = TensorDataset(torch.arange(11.0).unsqueeze(1), torch.arange(11))
-    loader = TensorLoader(data, sampler=IndexBatchSampler(11, 4, shuffle=False, seed=0), batch_size=None)
-    it = iter(loader)
-    assert isinstance(it, _TensorBatches) and len(it) == 3
-    got = list(it)
+    loader = DataLoader(data, sampler=IndexBatchSampler(11, 4, shuffle=False, seed=0), batch_size=None)
+    got = list(loader)
+    assert len(loader) == 3
     assert [b[1].tolist() for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(DataLoader.__iter__(loader), got))
+    assert [b[0].squeeze(1).tolist() for b in got] == [[0.0, 1, 2, 3], [4.0, 5, 6, 7], [8.0, 9, 10]]

@@ -25,7 +25,7 @@ NUM = r"([\d,]+(?:\.\d+)?)"
 
 
 
-@pytest.mark.integration  # imports Lightning and trains ~40 short epochs (~15-30 s)
+@pytest.mark.integration  # imports Lightning and trains ~50 short epochs (~30-60 s)
 def test_bench_train_quick() -> None:
     # one thread: the smoke run's duration stays predictable on a busy machine
     out = run_bench("bench_train.py", "--quick", "--threads", "1")
@@ -69,19 +69,36 @@ def test_bench_train_quick() -> None:
     assert "pin_memory" not in out  # no accelerator here: the row is left out
     assert "[3]" not in out  # --quick leaves torch.compile out
 
-    m = re.search(r"keel/hand samples/s: digits/mlp ([\d.]+), digits/cnn ([\d.]+), table/mlp ([\d.]+) "
-                  r"\(target >= 1.0: (met|not met)\)", out)
+    m = re.search(r"toy keel/hand samples/s \(no target; ~1.0 accepted\): digits/mlp ([\d.]+), digits/cnn ([\d.]+), "
+                  r"table/mlp ([\d.]+)$", out, re.M)
     assert m, out
     # the headline rounds down (1.00 only for >= 1.0), the table to nearest: within 0.01
     assert [float(m[i]) for i in (1, 2, 3)] == pytest.approx(list(ratios.values()), abs=0.011)
-    assert (m[4] == "met") == (min(float(m[i]) for i in (1, 2, 3)) >= 1.0)
+
+    # [0] the realistic cases, at the --quick sizes (600 images, a 3,000-row table, 3 steps an epoch)
+    assert "[0] realistic cases, keel vs the hand-written loop" in out
+    assert "images/resnet: 600 synthetic 3x32x32 images" in out and "synthetic table of 3,000 rows" in out
+    real = {}
+    for case, params, batch in (("images/resnet", "1,228,970", 128), ("table/mlp-1024", "1,085,444", 256)):
+        m = re.search(rf"^\s+{re.escape(case)}\s+{params}\s+{NUM}\s+{batch}\s+3\s+{NUM}\s+{NUM}\s+([\d.]+)\s+"
+                      rf"([\d.]+) - ([\d.]+)\s+{NUM}\s+([\d.]+)$", out, re.M)
+        assert m, f"no row for {case}:\n{out}"
+        keel_ms, hand_ms, ratio = float(m[2]), float(m[3]), float(m[4])
+        assert keel_ms > 0 and hand_ms > 0 and ratio == pytest.approx(hand_ms / keel_ms, rel=0.01, abs=0.006)
+        assert float(m[5]) <= float(m[6]) and float(m[8]) == pytest.approx(float(m[7]) / keel_ms, rel=0.01, abs=0.006)
+        real[case] = ratio
+    m = re.search(r"realistic keel/hand samples/s: images/resnet ([\d.]+), table/mlp-1024 ([\d.]+) "
+                  r"\(target >= 0.97: (met|not met)\)", out)
+    assert m, out
+    assert [float(m[1]), float(m[2])] == pytest.approx(list(real.values()), abs=0.011)
+    assert (m[3] == "met") == (min(float(m[1]), float(m[2])) >= 0.97)
 
 
 def test_bench_train_refuses_an_unknown_part() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_train.py"), "--parts", "loop,speed"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "--parts: unknown ['speed']; expected any of loop, loader, compile" in proc.stderr
+    assert "--parts: unknown ['speed']; expected any of real, loop, loader, compile" in proc.stderr
 
 
 @pytest.mark.integration  # starts 3 `python train.py` processes, one of them DDP on 2 CPU processes (~30-60 s)

@@ -53,14 +53,14 @@ def test_unknown_group_option_exits_2_with_the_choices():
     assert proc.returncode == 2
     assert proc.stderr == (
         "error: invalid configuration (1 problem):\n  - model=transformer: no option 'transformer' in config group "
-        "'model'; expected one of: cnn, mlp. Fix: e.g. model=cnn, or add your own conf/model/transformer.yaml\n"
+        "'model'; expected one of: cnn, mlp, resnet. Fix: e.g. model=cnn, or add your own conf/model/transformer.yaml\n"
     )
 
 
 def test_a_sweep_with_a_bad_option_exits_2_before_any_job(tmp_path):
     proc = _run("-m", "model=mlp,cnm", f"paths.log_dir={tmp_path}")
     assert proc.returncode == 2
-    assert "  - model=mlp,cnm: no option 'cnm' in config group 'model'; expected one of: cnn, mlp. Fix: model=mlp,cnn" \
+    assert "  - model=mlp,cnm: no option 'cnm' in config group 'model'; expected one of: cnn, mlp, resnet. Fix: model=mlp,cnn" \
         in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not [p for p in tmp_path.rglob("*") if p.name == ".hydra"]  # no job ran

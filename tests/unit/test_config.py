@@ -110,7 +110,7 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     if group == "callbacks":
         assert len(callbacks) == len(cfg.callbacks or {})
         names = {type(c).__name__ for c in callbacks}
-        training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "ProgressBar", "Throughput",
+        training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar", "Throughput",
                     "TensorBoardViews"}
         expected = {"default": training | {"OnnxExport", "Quantize"}, "training": training, "none": set()}
         if option in expected:
@@ -179,6 +179,17 @@ def test_model_shapes_come_from_the_data_contract(compose_cfg):
     cfg = compose_cfg("model=cnn", "data.contract.classes=[0,1,2]", "data.contract.shape=[3,16,16]")
     assert list(cfg.model.net.input_shape) == [3, 16, 16]
     assert cfg.model.net.num_classes == 3
+
+
+def test_resnet_config_builds_the_documented_net_for_rgb_images(compose_cfg):
+    from keel.models.nets import ResNet
+
+    cfg = compose_cfg("model=resnet", "data.contract.classes=[0,1,2,3,4,5,6,7,8,9]", "data.contract.shape=[3,32,32]")
+    net = instantiate(cfg.model.net)
+    assert isinstance(net, ResNet)
+    # the count conf/model/resnet.yaml states (width 32, blocks [1, 1, 1, 1], 10 classes)
+    assert sum(p.numel() for p in net.parameters()) == 1_228_970
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_export_config_composes_with_the_callback_options(tmp_path):

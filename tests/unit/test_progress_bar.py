@@ -1,4 +1,5 @@
-"""keel's progress bar: the states Lightning's TQDM bar shows, each drawn once, at most every min_interval."""
+"""The progress bar of conf/callbacks/progress_bar.yaml: Lightning's own TQDMProgressBar, set up
+only through its public constructor (refresh_rate, leave, process_position)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ import re
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from keel.callbacks import ProgressBar
+BATCHES = 23
+
+
+@pytest.fixture(autouse=True)
+def _no_refresh_rate_env(monkeypatch):
+    # Lightning raises refresh_rate to TQDM_MINITERS, and to 20 on Colab: keep the configured one
+    monkeypatch.delenv("TQDM_MINITERS", raising=False)
+    monkeypatch.delenv("COLAB_GPU", raising=False)
 
 
 class _Net(L.LightningModule):
@@ -33,55 +42,60 @@ class _Net(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _draw(bar: TQDMProgressBar, batches: int = 23) -> list[str]:
-    """Train 3 epochs of ``batches`` batches with ``bar``; every frame it wrote."""
+def _fit(bar: TQDMProgressBar, epochs: int = 2) -> str:
+    """Train ``epochs`` epochs of BATCHES batches with ``bar``; what it wrote to stdout, a
+    captured stream and not a terminal (as in a SLURM or CI log file)."""
     g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(batches * 4, 3, generator=g), torch.randint(0, 2, (batches * 4,), generator=g))
-    trainer = L.Trainer(max_epochs=3, callbacks=[bar], logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, accelerator="cpu", limit_val_batches=2)
+    data = TensorDataset(torch.randn(BATCHES * 4, 3, generator=g), torch.randint(0, 2, (BATCHES * 4,), generator=g))
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[bar], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, accelerator="cpu", limit_val_batches=2, num_sanity_val_steps=0)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         trainer.fit(_Net(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
-    return [f.strip() for f in re.split(r"[\r\n]", out.getvalue()) if f.strip()]
+    return out.getvalue()
 
 
-def _states(frames: list[str]) -> list[tuple[str, str]]:
-    """The training bar's (epoch, count) of each frame, repeats in a row dropped."""
-    states = [m.groups() for f in frames if (m := re.match(r"Epoch (\d+): .*?\| (\d+)/23", f))]
-    return [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+def _train_frames(text: str) -> list[tuple[int, int]]:
+    """(epoch, batches done) of every frame of the training bar."""
+    return [(int(e), int(n)) for e, n in re.findall(rf"Epoch (\d+): [^\r\n]*?\| (\d+)/{BATCHES} ", text)]
 
 
-@pytest.mark.parametrize("refresh_rate", [1, 10])
-def test_same_states_and_postfix_as_lightning_with_fewer_redraws(refresh_rate):
-    ours, theirs = _draw(ProgressBar(refresh_rate, min_interval=0)), _draw(TQDMProgressBar(refresh_rate))
-    # Lightning's epoch start also draws the reset bar under the previous epoch's name
-    # ("Epoch 0: 0/23" before "Epoch 1: 0/23"); keel's sets the name first and draws once
-    states = _states(theirs)
-    flicker = [i for i, (s, nxt) in enumerate(zip(states, states[1:])) if s[1] == "0" and nxt == (str(int(s[0]) + 1), "0")]
-    assert len(flicker) == 2  # epochs 1 and 2
-    assert _states(ours) == [s for i, s in enumerate(states) if i not in flicker]
-    assert ("10", "23") not in _states(ours) and ("0", "10" if refresh_rate == 10 else "1") in _states(ours)
-    epoch_frames = [f for f in ours if f.startswith("Epoch 2:")]
-    assert re.search(r"23/23 .*loss=[\d.]+, val_loss=[\d.]+\]", epoch_frames[-1])  # the postfix is shown
-    train = lambda frames: sum(f.startswith("Epoch ") for f in frames)  # noqa: E731
-    # Lightning: reset + description at each epoch start, two draws per update, one at epoch end
-    assert train(ours) < train(theirs)
-    updates = 3 * (23 // refresh_rate + (23 % refresh_rate > 0))
-    assert train(ours) <= 3 * 2 + updates + 3 * 2  # epoch start, updates, epoch end and validation end
+def test_config_builds_lightnings_bar_with_its_refresh_rate(compose_cfg):
+    cfg = compose_cfg("callbacks=training")
+    bar = instantiate(cfg.callbacks.progress_bar)
+    assert type(bar) is TQDMProgressBar  # Lightning's class itself, no subclass
+    assert bar.refresh_rate == cfg.callbacks.progress_bar.refresh_rate == 10
+    assert bar.process_position == 0 and bar.is_enabled
 
 
-def test_min_interval_skips_draws_but_every_epoch_starts_and_ends_drawn():
-    """With an hour between draws, the training bar draws each epoch's start, then only the
-    skipped state before each validation and at each epoch end: every epoch's last frame is complete."""
-    frames = _draw(ProgressBar(1, min_interval=3600))
-    train = [f for f in frames if f.startswith("Epoch ")]
-    assert len(train) <= 3 * 3 + 1  # vs 76 frames at min_interval=0 (test above); +1: the bar's close
-    for epoch in range(3):
-        shown = [f for f in train if f.startswith(f"Epoch {epoch}:")]
-        assert re.search(r" 0/23 ", shown[0]), shown[0]  # the new epoch, not the last one's 100%
-        assert re.search(r"23/23 .*loss=[\d.]+, val_loss=[\d.]+\]", shown[-1]), shown[-1]
+def test_configured_bar_draws_every_refresh_rate_batches_with_the_logged_metrics(compose_cfg):
+    text = _fit(instantiate(compose_cfg("callbacks=training").callbacks.progress_bar))
+    frames = _train_frames(text)
+    assert {e for e, _ in frames} == {0, 1}
+    # updates every 10 batches and at the epoch's last one (plus each epoch start's empty bar)
+    assert {n for _, n in frames} == {0, 10, 20, BATCHES}
+    last = [f for f in re.split(r"[\r\n]", text) if f.startswith("Epoch 1:")][-1]
+    assert re.search(rf"100%.*{BATCHES}/{BATCHES} .*loss=[\d.]+, val_loss=[\d.]+\]", last), last
 
 
-def test_min_interval_is_checked():
-    with pytest.raises(ValueError, match=r"callbacks.progress_bar.min_interval=-1: expected seconds >= 0"):
-        ProgressBar(min_interval=-1)
+def test_leave_closes_each_epochs_bar_on_its_own_line(compose_cfg):
+    def between_epochs(text: str) -> tuple[str, str]:
+        """Epoch 0's last frame and what was written from its end up to epoch 1's first frame."""
+        last0 = list(re.finditer(r"Epoch 0: [^\r\n]*", text))[-1]
+        return last0.group(), text[last0.end():text.index("Epoch 1:")]
+
+    cfg = compose_cfg("callbacks=training")
+    assert cfg.callbacks.progress_bar.leave is False
+    # leave=false: one bar for the run, reset and renamed in place: epoch 1 redraws epoch 0's line
+    _, gap = between_epochs(_fit(instantiate(cfg.callbacks.progress_bar)))
+    assert "\n" not in gap
+    # leave=true: epoch 0's bar is closed full, its line ended, and a new bar starts epoch 1
+    kept = instantiate(compose_cfg("callbacks=training", "callbacks.progress_bar.leave=true").callbacks.progress_bar)
+    frame, gap = between_epochs(_fit(kept))
+    assert re.match(rf"Epoch 0: 100%\|.*\| {BATCHES}/{BATCHES} .*val_loss=", frame) and gap.startswith("\n")
+
+
+def test_refresh_rate_zero_hides_the_bar(compose_cfg):
+    bar = instantiate(compose_cfg("callbacks=training", "callbacks.progress_bar.refresh_rate=0").callbacks.progress_bar)
+    assert bar.is_disabled
+    assert "Epoch" not in _fit(bar, epochs=1)

@@ -6,8 +6,7 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.data._utils.collate import default_convert
+from torch.utils.data import DataLoader
 
 
 class IndexBatchSampler:
@@ -92,25 +91,8 @@ class IndexBatchSampler:
             yield perm[start : start + self.batch_size]
 
 
-class TensorLoader(DataLoader):
-    """A DataLoader over an :class:`IndexBatchSampler` that, over a ``TensorDataset`` in this
-    process (no workers, no pinned memory), draws batches by :class:`_TensorBatches`: the same
-    lists of tensors DataLoader's iterator yields, without its per-batch machinery (a profiler
-    range, the fetcher, ``default_convert``: ~24 us a batch on a 2-core CPU, twice the gather
-    itself). keel's evaluation loaders."""
-
-    def __iter__(self) -> Iterator[object]:
-        return _TensorBatches(self) if self._direct() else super().__iter__()
-
-    def _direct(self) -> bool:
-        """Whether :class:`_TensorBatches` yields exactly what DataLoader's iterator would."""
-        return (self.num_workers == 0 and not self.pin_memory and self.batch_size is None
-                and type(self.dataset) is TensorDataset and isinstance(self.sampler, IndexBatchSampler)
-                and self.collate_fn is default_convert)
-
-
-class ResumableLoader(TensorLoader):
-    """A :class:`TensorLoader` that can continue an epoch where it stopped: keel's training loader.
+class ResumableLoader(DataLoader):
+    """A DataLoader that can continue an epoch where it stopped: keel's training loader.
 
     Lightning stores ``state_dict()`` in every checkpoint (``loops.fit_loop.combined_loader``)
     and hands it back through ``load_state_dict`` when training resumes. The state is the
@@ -118,6 +100,9 @@ class ResumableLoader(TensorLoader):
     an epoch (SIGTERM/SIGUSR1, ``every_n_train_steps``) resumes with the batches that follow,
     a checkpoint written at an epoch's end with the next epoch. Lightning's fetcher does not
     read ahead on a loader with a length, so "handed out" is "trained on".
+
+    The ``sampler`` must be an :class:`IndexBatchSampler` (used with ``batch_size=None``): it
+    is what skips the batches already trained on.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -126,9 +111,7 @@ class ResumableLoader(TensorLoader):
 
     def __iter__(self) -> Iterator[object]:
         self.served = 0
-        if self._direct():
-            return _TensorBatches(self, count=True)
-        return _Counting(self, DataLoader.__iter__(self))  # made now, as DataLoader does (it draws a base seed)
+        return _Counting(self, super().__iter__())  # made now, as DataLoader does (it draws a base seed)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.sampler.epoch), "batches_done": int(self.served)}
@@ -155,42 +138,3 @@ class _Counting:
 
     def __len__(self) -> int:
         return len(self._it)  # type: ignore[arg-type]
-
-
-class _TensorBatches:
-    """One epoch of a :class:`TensorLoader` over a ``TensorDataset``: each index batch of its
-    sampler gathered from every tensor, as a list (what ``TensorDataset.__getitem__`` and
-    ``default_convert`` make of it); with ``count``, counted in the loader's ``served``.
-
-    The gather is ``index_select`` on the first dimension, which is what ``t[index]`` computes
-    for a 1-D index: without Python's indexing machinery in front of it, ~4 us against ~8-12
-    us for the digits images on a 2-core CPU (~2 against ~3.6 for the labels). Device-resident
-    splits (``data.on_device``) get the index copied to their device once per batch and tensor
-    device, where ``t[index]`` would copy it for each tensor."""
-
-    def __init__(self, loader: TensorLoader, count: bool = False) -> None:
-        # the base seed DataLoader's iterator draws for its workers: the same draw keeps the
-        # global random stream (dropout, augmentation) exactly where DataLoader leaves it
-        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
-        self._loader = loader
-        self._count = count
-        self._tensors = loader.dataset.tensors
-        # the sampler's index batches are CPU tensors; splits on an accelerator need them there
-        self._devices = {t.device for t in self._tensors if t.device.type != "cpu"}
-        self._indices = iter(loader.sampler)
-        self._len = len(loader.sampler)
-
-    def __iter__(self) -> _TensorBatches:
-        return self
-
-    def __next__(self) -> list[torch.Tensor]:
-        index = next(self._indices)
-        if self._count:
-            self._loader.served += 1  # type: ignore[attr-defined]
-        if self._devices:
-            on = {d: index.to(d) for d in self._devices}
-            return [t.index_select(0, on.get(t.device, index)) for t in self._tensors]
-        return [t.index_select(0, index) for t in self._tensors]
-
-    def __len__(self) -> int:
-        return self._len

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,7 +12,6 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
-from keel.hook_dispatch import CheapHookNames, cache_step_signature
 from keel.models.channels_last import apply_channels_last
 from keel.models.nets.preprocess import build_preprocess
 from keel.optim import align_state_layout, build_optimizer, build_scheduler, param_groups
@@ -23,8 +21,7 @@ from keel.tasks.base import SPLITS
 log = logging.getLogger("keel")
 
 
-@cache_step_signature
-class TaskModule(CheapHookNames, L.LightningModule):
+class TaskModule(L.LightningModule):
     """Any net trained for the data contract's task, with its input preprocessing built into the
     model and, for regression, the target's standardization and its inverse.
 
@@ -241,13 +238,6 @@ class TaskModule(CheapHookNames, L.LightningModule):
         if "class_weights" in state:
             state["criterion.weight"] = state.pop("class_weights")
 
-
-# Lightning inspects the step method's signature on every step (is the batch index a parameter?);
-# inspect returns a function's __signature__ when it has one (PEP 362), ~4x faster than
-# rebuilding it from the code object each time. The signatures are the functions' own.
-for _step in (TaskModule.training_step, TaskModule.validation_step, TaskModule.test_step):
-    _step.__signature__ = inspect.signature(_step)  # type: ignore[attr-defined]
-del _step
 
 # The name keel's configs used before regression; the same class.
 Classifier = TaskModule

@@ -41,6 +41,8 @@ class Task:
     optimized: ClassVar[str]
     losses: ClassVar[tuple[str, ...]]
     outputs: ClassVar[tuple[str, ...]]
+    # what a net config's ``norm: auto`` (conf/model/mlp.yaml) becomes for this task
+    default_norm: ClassVar[str]
 
     # ------------------------------------------------------------------ names
     def train_metric_set(self, value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -90,6 +92,13 @@ class Task:
             return [f"model.loss.name={name!r}: expected auto or one of {', '.join(self.losses)} for {self.name}. "
                     f"Fix: e.g. model.loss.name={self.losses[0]}"]
         return []
+
+    def prepare_net(self, net: dict[str, Any]) -> dict[str, Any]:
+        """The net config with ``norm: auto`` resolved to :attr:`default_norm` (a copy)."""
+        out = dict(net)
+        if out.get("norm") == "auto":
+            out["norm"] = self.default_norm
+        return out
 
     def loss_name(self, loss: Mapping[str, Any]) -> str:
         """``model.loss.name`` with ``auto`` resolved to the task's default loss."""

@@ -10,19 +10,21 @@ Each round runs two fresh processes, one after the other:
 - plain: ``python train.py paths.log_dir=TMP`` exactly as a user runs it; wall time (spawn to
   exit) and peak resident memory (``ru_maxrss`` of that process, from ``os.wait4``).
 - timed: the same job in a child that first installs timers, then runs ``train.py`` as
-  ``__main__`` (``runpy``), so Hydra composes, validates and runs it as usual. pipeline.py is
-  not changed: the timers wrap, from outside, ``InMemoryDataModule.setup`` (and, inside it,
-  the data module's ``_check`` per split and ``_compute_drift``), ``lightning.pytorch.Trainer``'s
-  ``fit`` and ``test``, and the export and quantization steps the callbacks call
-  (``keel.callbacks.onnx_export.export_checkpoint``, ``keel.callbacks.quantize.add_int8``; both
-  run inside ``test``, at its end, and are taken out of its time). Phases are the gaps between
-  those marks on the monotonic clock shared with the parent, so they add up to the wall time:
-  start-up (interpreter, imports, Hydra compose, config and machine checks, run record; the
-  child imports Lightning and keel's callbacks before the run to install the timers, which
-  moves their import time here from later phases), data setup (load, split, contract checks,
-  drift and leakage report), build (model, loggers, callbacks, Trainer, data reports to
-  TensorBoard), fit (training and validation epochs), test (best checkpoint), ONNX export
-  (graph, parity check, bundle), int8 quantization (with its accuracy check), finish (metrics
+  ``__main__`` (``runpy``), so Hydra composes, validates and runs it as usual. keel is not
+  changed: the timers wrap, from outside, ``InMemoryDataModule.setup`` (and, inside it, the data
+  module's ``_check`` per split and ``_compute_drift``), ``lightning.pytorch.Trainer``'s ``fit``
+  and ``test``, and the bundle step ``keel.fit.export_bundle`` that ``keel.fit.fit_test_export``
+  calls after ``test`` has returned (rank 0), with, inside it, the export and quantization steps
+  (``keel.callbacks.onnx_export.export_checkpoint``, ``keel.callbacks.quantize.add_int8``).
+  Phases are the consecutive spans between those marks on the monotonic clock shared with the
+  parent, so they add up to the wall time: start-up (interpreter, imports, Hydra compose, config
+  and machine checks, run record; the child imports Lightning, keel.fit and keel's callbacks
+  before the run to install the timers, which moves their import time here from later phases),
+  data setup (load, split, contract checks, drift and leakage report), build (data reports,
+  model, loggers, callbacks, Trainer, data reports to TensorBoard), fit (training and validation
+  epochs), test (best checkpoint: from the end of fit to the start of the bundle step), ONNX
+  export (graph, parity check, bundle: from the start of the bundle step to the start of int8),
+  int8 quantization (with its accuracy check: to the end of the bundle step), finish (metrics
   record and summary) and exit (interpreter teardown). ``peak RSS`` is the child's own
   ``ru_maxrss`` when each phase ended: the phase where it jumps is the one that needs the memory.
 
@@ -78,6 +80,7 @@ def wrap(owner, attr, name, within=None):
 import lightning.pytorch as pl
 import keel.callbacks.onnx_export as onnx_export
 import keel.callbacks.quantize as quantize
+import keel.fit as fit
 from keel.data.in_memory import InMemoryDataModule
 
 setup = InMemoryDataModule.setup
@@ -99,8 +102,11 @@ def timed_setup(self, stage=None):
 InMemoryDataModule.setup = timed_setup
 wrap(pl.Trainer, "fit", "fit")
 wrap(pl.Trainer, "test", "test")
-wrap(onnx_export, "export_checkpoint", "export")
-wrap(quantize, "add_int8", "int8")
+# the bundle step runs after Trainer.test returns (keel.fit.fit_test_export calls export_bundle,
+# which calls OnnxExport.export -> export_checkpoint, then Quantize.quantize -> add_int8)
+wrap(fit, "export_bundle", "bundle")
+wrap(onnx_export, "export_checkpoint", "export", within="bundle")
+wrap(quantize, "add_int8", "int8", within="bundle")
 
 import keel.config as keel_config
 exit_now = keel_config.exit_now
@@ -167,19 +173,23 @@ def phases(result: dict, spawned: float, ended: float) -> dict[str, tuple[float,
         raise RuntimeError(f"bench: the timed run did not pass through {sorted(missing)}")
     setup_start, setup_end, startup_rss, setup_rss = marks["setup"][0]
     fit_start, fit_end, build_rss, fit_rss = marks["fit"][0]
-    test_start, test_end, _, test_rss = marks["test"][-1]
+    _, test_end, _, test_rss = marks["test"][-1]
     _, run_end, _, run_rss = marks["run"][0]
 
     def total(name: str) -> float:
         return sum(m[1] - m[0] for m in marks.get(name, []))
 
+    # The bundle step (keel.fit.export_bundle: ONNX export, then int8) runs after Trainer.test has
+    # returned, on rank 0. Its phases are consecutive spans: test up to the bundle step's start
+    # (Trainer.test and the metrics bookkeeping around it), ONNX export up to the int8 step's
+    # start, int8 up to the bundle step's end. Without a bundle step (no export callbacks) both
+    # are 0 and finish starts where test ended.
+    bundle_start, bundle_end, test_rss, _ = marks["bundle"][0] if "bundle" in marks else (
+        test_end, test_end, test_rss, None)
+    int8_start = marks["int8"][0][0] if "int8" in marks else bundle_end
+
     def rss(name: str) -> float | None:
         return marks[name][-1][3] if name in marks else None
-
-    export, int8 = total("export"), total("int8")
-    # export and int8 run at the end of test (callbacks' on_test_end): test's own peak is the one
-    # export started with
-    test_rss = marks["export"][0][2] if "export" in marks else test_rss
     return {
         PHASES[0]: (setup_start - spawned, startup_rss),
         PHASES[1]: (setup_end - setup_start, setup_rss),
@@ -187,10 +197,10 @@ def phases(result: dict, spawned: float, ended: float) -> dict[str, tuple[float,
         PHASES[3]: (total("drift + leakage"), None),
         PHASES[4]: (fit_start - setup_end, build_rss),
         PHASES[5]: (fit_end - fit_start, fit_rss),
-        PHASES[6]: (test_end - test_start - export - int8, test_rss),
-        PHASES[7]: (export, rss("export")),
-        PHASES[8]: (int8, rss("int8")),
-        PHASES[9]: (run_end - test_end, run_rss),
+        PHASES[6]: (bundle_start - fit_end, test_rss),
+        PHASES[7]: (int8_start - bundle_start, rss("export")),
+        PHASES[8]: (bundle_end - int8_start, rss("int8")),
+        PHASES[9]: (run_end - bundle_end, run_rss),
         PHASES[10]: (ended - run_end, None),
     }
 

@@ -223,68 +223,29 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items())}
 
 
-def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Callable[[dict], None],
-                    signals: Any = None) -> FitResult:
-    """Set up the data, build the model and the Trainer, fit (from ``plan.checkpoint`` when
-    there is one), test the best checkpoint and, on rank 0, export the bundle (the config's
-    ``callbacks.onnx_export`` / ``callbacks.quantize`` steps).
+@dataclass
+class _RunCallbacks:
+    """The run's Trainer callbacks and the bundle steps kept out of them."""
 
-    Args:
-        cfg: the run's frozen config (task resolved).
-        plan: the run's :class:`keel.run.resume.ResumePlan`.
-        output_dir: the run directory.
-        note_data: called (rank 0) with the data's fingerprint once the data is set up.
-        signals: the run's :class:`keel.callbacks.preemption.StopSignals` (None: no preemption handling).
+    callbacks: list[Any]
+    exporter: Any  # OnnxExport or None: runs after testing, with the best checkpoint
+    quantizer: Any  # Quantize or None
+    checkpoint: Any  # the ModelCheckpoint or None
+    latest: Any  # the writer of checkpoints/last.ckpt or None
 
-    Raises:
-        CheckpointError: the plan's checkpoint is of another net or contract.
-        KeelError: ``optimized_metric`` was not logged; the data or export failed their checks.
-    """
-    import lightning as L
-    import torch
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-    from lightning.pytorch.utilities import rank_zero_only
 
-    from keel import gc_phases
+def _run_callbacks(cfg: DictConfig, run_config: dict[str, Any], loggers: list[Any], output_dir: Path,
+                   signals: Any) -> _RunCallbacks:
+    """``cfg.callbacks`` plus what every run gets (NaN guard, RNG state, the run config in each
+    checkpoint, preemption handling, the last-checkpoint writer); the bundle steps set apart."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
     from keel.callbacks import NanGuard, OnnxExport, Quantize, RngState, RunConfigInCheckpoint
-    from keel.checkpoints.read import check_resumable
-    from keel.checkpoints.write import AtomicCheckpointIO
-    from keel.distributed import cpu_threads_per_process, hydra_ddp_relaunch, is_fsdp
-    from keel.provenance import data_fingerprint
     from keel.run.lifecycle import resume_command
 
-    route_lightning_logs()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    if rank_zero_only.rank == 0:
-        write_data_reports(output_dir, datamodule)
-        note_data(data_fingerprint(datamodule))
-    model = build_model(cfg, datamodule)
-    if plan.checkpoint is not None:
-        check_resumable(plan.checkpoint, dict(model.hparams.net), datamodule.contract.to_dict())
-    continued = plan.checkpoint is not None and plan.same_run  # this run, continued in its own directory
-
-    def logger_kwargs(node: DictConfig) -> dict[str, Any]:
-        # Continuing in the same TensorBoard run: hide what the interrupted attempt logged after
-        # the checkpoint's step (SummaryWriter purge_step), so redone steps show once. Step N
-        # itself is kept: callbacks log the finished epoch's values there (an epoch-start LR
-        # logged at N by both attempts shows twice, with the same value). The graph is there already.
-        if not str(node.get("_target_", "")).endswith("TensorBoardLogger"):
-            return {}
-        if continued:
-            return {"purge_step": plan.start_step + 1, "log_graph": False}
-        if is_fsdp(cfg.trainer.get("strategy")):  # torch.jit.trace (the Graphs tab) cannot trace FSDP units
-            return {"log_graph": False}
-        return {}
-
-    loggers = instantiate_group(cfg.get("logger"), "logger", kwargs_for=logger_kwargs)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     # the bundle steps run after testing, called with the best checkpoint (their results are
-    # this function's return value); they are not hooks of this run's Trainer
+    # fit_test_export's return value); they are not hooks of this run's Trainer
     exporter = next((c for c in callbacks if isinstance(c, OnnxExport)), None)
     quantizer = next((c for c in callbacks if isinstance(c, Quantize)), None)
     callbacks = [c for c in callbacks if not isinstance(c, (OnnxExport, Quantize))]
@@ -304,13 +265,44 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
     latest_cb = _latest_checkpoint_writer(ckpt_cb)
     if latest_cb is not None:
         callbacks.append(latest_cb)
+    return _RunCallbacks(callbacks, exporter, quantizer, ckpt_cb, latest_cb)
 
-    trainer: L.Trainer = instantiate(
+
+def _run_loggers(cfg: DictConfig, plan: Any, continued: bool) -> list[Any]:
+    """``cfg.logger``; TensorBoard continues the same run on a resume in place."""
+    from keel.distributed import is_fsdp
+
+    def logger_kwargs(node: DictConfig) -> dict[str, Any]:
+        # Continuing in the same TensorBoard run: hide what the interrupted attempt logged after
+        # the checkpoint's step (SummaryWriter purge_step), so redone steps show once. Step N
+        # itself is kept: callbacks log the finished epoch's values there (an epoch-start LR
+        # logged at N by both attempts shows twice, with the same value). The graph is there already.
+        if not str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+            return {}
+        if continued:
+            return {"purge_step": plan.start_step + 1, "log_graph": False}
+        if is_fsdp(cfg.trainer.get("strategy")):  # torch.jit.trace (the Graphs tab) cannot trace FSDP units
+            return {"log_graph": False}
+        return {}
+
+    return instantiate_group(cfg.get("logger"), "logger", kwargs_for=logger_kwargs)
+
+
+def _build_trainer(cfg: DictConfig, datamodule: Any, run: _RunCallbacks, loggers: list[Any]) -> Any:
+    """The Trainer of ``cfg.trainer`` with the run's callbacks, loggers and atomic checkpoint IO."""
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from keel.checkpoints.write import AtomicCheckpointIO
+    from keel.distributed import cpu_threads_per_process
+
+    trainer = instantiate(
         cfg.trainer,
-        callbacks=callbacks,
+        callbacks=run.callbacks,
         logger=loggers or False,
-        enable_checkpointing=ckpt_cb is not None,
-        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        enable_checkpointing=run.checkpoint is not None,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in run.callbacks),
         # the DataModule shards its own batches (keel.data.batches): no sampler replacement
         use_distributed_sampler=False,
         # last.ckpt must be whole after any kill: ckpt_path=auto resumes from it
@@ -322,37 +314,91 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
         threads = cpu_threads_per_process(trainer.num_devices)
         if threads is not None:
             torch.set_num_threads(threads)
+    return trainer
 
+
+def _fit_then_test(trainer: Any, model: Any, datamodule: Any, plan: Any, continued: bool,
+                   ckpt_cb: Any) -> tuple[dict[str, Any], dict[str, Any], str, bool]:
+    """Fit (from the plan's checkpoint), then test the best checkpoint (or the final weights).
+    Returns (fit metrics, test metrics, best checkpoint path or "", stopped early)."""
+    from keel import gc_phases
+
+    with warnings.catch_warnings():
+        if continued:
+            # continuing this run in its own directory: its checkpoints are expected there
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+    if plan.start_step is not None and trainer.global_step == plan.start_step:
+        # resumed after its last epoch (stopped while testing or exporting): fit trained and
+        # logged nothing; validation gives back the val metrics (best-so-far is in the checkpoint)
+        log.info("training had finished before the interruption: validating the restored weights")
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    fit_metrics = dict(trainer.callback_metrics)
+    # read before testing: testing the best checkpoint restores the callbacks' state as saved then
+    stopped_early = bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0))
+    best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    # testing (and the export after it) imports and runs the ONNX exporter: its imports would
+    # again set off full collections (keel.gc_phases); settled when the job has ended
+    gc_phases.pause()
+    if best and not trainer.fast_dev_run:
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+    else:
+        log.info("no best checkpoint (callbacks without model_checkpoint): testing the final weights")
+        trainer.test(model, datamodule=datamodule, verbose=False)
+    return fit_metrics, dict(trainer.callback_metrics), best, stopped_early
+
+
+def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Callable[[dict], None],
+                    signals: Any = None) -> FitResult:
+    """Set up the data, build the model and the Trainer, fit (from ``plan.checkpoint`` when
+    there is one), test the best checkpoint and, on rank 0, export the bundle (the config's
+    ``callbacks.onnx_export`` / ``callbacks.quantize`` steps).
+
+    Args:
+        cfg: the run's frozen config (task resolved).
+        plan: the run's :class:`keel.run.resume.ResumePlan`.
+        output_dir: the run directory.
+        note_data: called (rank 0) with the data's fingerprint once the data is set up.
+        signals: the run's :class:`keel.callbacks.preemption.StopSignals` (None: no preemption handling).
+
+    Raises:
+        CheckpointError: the plan's checkpoint is of another net or contract.
+        KeelError: ``optimized_metric`` was not logged; the data or export failed their checks.
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from keel import gc_phases
+    from keel.checkpoints.read import check_resumable
+    from keel.distributed import hydra_ddp_relaunch
+    from keel.provenance import data_fingerprint
+
+    route_lightning_logs()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    if rank_zero_only.rank == 0:
+        write_data_reports(output_dir, datamodule)
+        note_data(data_fingerprint(datamodule))
+    model = build_model(cfg, datamodule)
+    if plan.checkpoint is not None:
+        check_resumable(plan.checkpoint, dict(model.hparams.net), datamodule.contract.to_dict())
+    continued = plan.checkpoint is not None and plan.same_run  # this run, continued in its own directory
+
+    loggers = _run_loggers(cfg, plan, continued)
+    run = _run_callbacks(cfg, run_config, loggers, output_dir, signals)
+    trainer = _build_trainer(cfg, datamodule, run, loggers)
     if trainer.is_global_zero and not continued:  # a continued run logged them when it started
         log_data_reports(loggers, datamodule)
 
     # start-up is over: what exists now is never traversed by a collection again (keel.gc_phases)
     gc_phases.settle()
     with hydra_ddp_relaunch(str(output_dir)):
-        with warnings.catch_warnings():
-            if continued:
-                # continuing this run in its own directory: its checkpoints are expected there
-                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path)
-        if plan.start_step is not None and trainer.global_step == plan.start_step:
-            # resumed after its last epoch (stopped while testing or exporting): fit trained and
-            # logged nothing; validation gives back the val metrics (best-so-far is in the checkpoint)
-            log.info("training had finished before the interruption: validating the restored weights")
-            trainer.validate(model, datamodule=datamodule, verbose=False)
-        fit_metrics = dict(trainer.callback_metrics)
-        # read before testing: testing the best checkpoint restores the callbacks' state as saved then
-        stopped_early = bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0))
-        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
-        fast = bool(trainer.fast_dev_run)
-        # testing (and the export after it) imports and runs the ONNX exporter: its imports would
-        # again set off full collections (keel.gc_phases); settled when the job has ended
-        gc_phases.pause()
-        if best and not fast:
-            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
-        else:
-            log.info("no best checkpoint (callbacks without model_checkpoint): testing the final weights")
-            trainer.test(model, datamodule=datamodule, verbose=False)
-        test_metrics = dict(trainer.callback_metrics)
+        fit_metrics, test_metrics, best, stopped_early = _fit_then_test(
+            trainer, model, datamodule, plan, continued, run.checkpoint)
 
     metrics = _plain_metrics({**fit_metrics, **{k: v for k, v in test_metrics.items() if k.startswith("test/")}})
     if cfg.optimized_metric is not None and cfg.optimized_metric not in metrics:
@@ -361,11 +407,12 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
             f"Logged: {', '.join(sorted(metrics))}"
         )
     bundle = None
-    if trainer.is_global_zero and (exporter is not None or quantizer is not None):
-        bundle = export_bundle(exporter, quantizer, best if not fast else "", datamodule, run_config,
-                               {k: v for k, v in metrics.items() if k.startswith("test/")})
-    last = (latest_cb.best_model_path if latest_cb is not None else getattr(ckpt_cb, "last_model_path", None)) or None
-    if last is None and (output_dir / "checkpoints" / "last.ckpt").is_file() and ckpt_cb is not None:
+    if trainer.is_global_zero and (run.exporter is not None or run.quantizer is not None):
+        bundle = export_bundle(run.exporter, run.quantizer, best if not trainer.fast_dev_run else "", datamodule,
+                               run_config, {k: v for k, v in metrics.items() if k.startswith("test/")})
+    last = (run.latest.best_model_path if run.latest is not None
+            else getattr(run.checkpoint, "last_model_path", None)) or None
+    if last is None and (output_dir / "checkpoints" / "last.ckpt").is_file() and run.checkpoint is not None:
         last = str(output_dir / "checkpoints" / "last.ckpt")
     return FitResult(
         task=model.task.name,

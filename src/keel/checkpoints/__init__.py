@@ -3,8 +3,7 @@
 Exports resolve lazily: reading needs torch only when a file is loaded, writing imports Lightning.
 """
 
-from importlib import import_module
-from typing import Any
+from keel._lazy import lazy_getattr
 
 _EXPORTS = {
     "CheckpointError": "keel.checkpoints.read",
@@ -18,8 +17,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'keel.checkpoints' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

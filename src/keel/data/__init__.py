@@ -1,7 +1,6 @@
 """Contracted datasets. Exports resolve lazily: ``keel.data.contract`` needs only numpy."""
 
-from importlib import import_module
-from typing import Any
+from keel._lazy import lazy_getattr
 
 _EXPORTS = {
     "DigitsDataModule": "keel.data.digits",
@@ -24,8 +23,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'keel.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,7 +1,6 @@
 """Checkpoint -> ONNX (+ int8) bundle. Exports resolve lazily (the bundle module stays torch-free)."""
 
-from importlib import import_module
-from typing import Any
+from keel._lazy import lazy_getattr
 
 _EXPORTS = {
     "ExportOptions": "keel.export.build",
@@ -14,8 +13,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'keel.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

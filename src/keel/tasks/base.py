@@ -100,6 +100,20 @@ class Task:
             out["norm"] = self.default_norm
         return out
 
+    @staticmethod
+    def int8_verdict(metric: str, fp32: float, int8: float, change: float, loss: float, budget_key: str,
+                     budget: float, why: str, **fields: Any) -> dict[str, Any]:
+        """The int8 decision record both tasks write: kept when ``loss`` (the metric's loss, in the
+        budget's unit) is at most ``budget``; otherwise ``reason`` says ``why`` and names the budget
+        ``quantize.<budget_key>``. ``fields``: the task's own keys, kept beside the common ones."""
+        accepted = loss <= budget + 1e-12
+        out = {"metric": metric, "fp32": fp32, "int8": int8, "change": change, "budget": budget,
+               "accepted": accepted, **fields}
+        if not accepted:
+            out["reason"] = (f"{why} exceeds the budget quantize.{budget_key}={budget}; model.int8.onnx left out of "
+                             "the bundle")
+        return out
+
     def loss_name(self, loss: Mapping[str, Any]) -> str:
         """``model.loss.name`` with ``auto`` resolved to the task's default loss."""
         name = loss.get("name", "auto")

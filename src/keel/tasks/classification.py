@@ -121,17 +121,12 @@ class Classification(Task):
 
     def int8_decision(self, fp32: dict[str, Any], int8: dict[str, Any], options: Any) -> dict[str, Any]:
         """Keep the int8 model when it loses at most ``max_accuracy_drop`` test accuracy."""
-        drop = fp32["test_acc"] - int8["test_acc"]
-        accepted = drop <= options.max_accuracy_drop + 1e-12
-        out = {"metric": "acc", "fp32": fp32["test_acc"], "int8": int8["test_acc"], "change": -drop,
-               "budget": options.max_accuracy_drop, "accepted": accepted,
-               "test_acc_fp32": fp32["test_acc"], "test_acc_int8": int8["test_acc"], "accuracy_drop": drop,
-               "max_accuracy_drop": options.max_accuracy_drop}
-        if not accepted:
-            out["reason"] = (f"int8 accuracy {int8['test_acc']:.4f} vs fp32 {fp32['test_acc']:.4f}: a drop of "
-                             f"{drop:.4f} exceeds the budget quantize.max_accuracy_drop={options.max_accuracy_drop}; "
-                             "model.int8.onnx left out of the bundle")
-        return out
+        a, b = fp32["test_acc"], int8["test_acc"]
+        drop = a - b
+        return self.int8_verdict("acc", a, b, -drop, drop, "max_accuracy_drop", options.max_accuracy_drop,
+                                 f"int8 accuracy {b:.4f} vs fp32 {a:.4f}: a drop of {drop:.4f}",
+                                 test_acc_fp32=a, test_acc_int8=b, accuracy_drop=drop,
+                                 max_accuracy_drop=options.max_accuracy_drop)
 
     def prediction_table(self, outputs: tuple, manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         """``keel predict``'s columns: the label, its class value and one probability per class."""

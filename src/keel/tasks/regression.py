@@ -148,15 +148,10 @@ class Regression(Task):
         above the fp32 model's."""
         a, b = fp32["test_rmse"], int8["test_rmse"]
         change = (b - a) / a if a > 0 else (0.0 if b == a else float("inf"))
-        accepted = change <= options.max_rmse_increase + 1e-12
-        out = {"metric": "rmse", "fp32": a, "int8": b, "change": change, "budget": options.max_rmse_increase,
-               "accepted": accepted, "test_rmse_fp32": a, "test_rmse_int8": b, "rmse_increase": change,
-               "max_rmse_increase": options.max_rmse_increase}
-        if not accepted:
-            out["reason"] = (f"int8 rmse {b:.6g} vs fp32 {a:.6g}: {change:+.2%} exceeds the budget "
-                             f"quantize.max_rmse_increase={options.max_rmse_increase}; model.int8.onnx left out of "
-                             "the bundle")
-        return out
+        return self.int8_verdict("rmse", a, b, change, change, "max_rmse_increase", options.max_rmse_increase,
+                                 f"int8 rmse {b:.6g} vs fp32 {a:.6g}: {change:+.2%}",
+                                 test_rmse_fp32=a, test_rmse_int8=b, rmse_increase=change,
+                                 max_rmse_increase=options.max_rmse_increase)
 
     def prediction_table(self, outputs: tuple, manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         """``keel predict``'s column: ``prediction``, in the target's units."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from keel.models.nets._layers import activation as make_activation
+from keel.models.nets._layers import check_image_input, check_norm
 
 
 class CNN(nn.Module):
@@ -34,13 +35,8 @@ class CNN(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"input_shape={list(input_shape)}: the CNN expects [channels, height, width]; "
-                "use model=mlp for flat (tabular) features"
-            )
-        if norm not in ("batch", "none"):
-            raise ValueError(f"norm={norm!r}: expected one of ['batch', 'none']")
+        check_image_input(input_shape, "CNN")
+        check_norm(norm, ("batch", "none"))
         in_ch, height, width = (int(d) for d in input_shape)
         layers: list[nn.Module] = []
         size = min(height, width)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from keel.models.nets._layers import activation as make_activation
+from keel.models.nets._layers import check_norm
 
 
 class MLP(nn.Module):
@@ -33,8 +34,7 @@ class MLP(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if norm not in ("batch", "layer", "none"):
-            raise ValueError(f"norm={norm!r}: expected one of ['batch', 'layer', 'none']")
+        check_norm(norm, ("batch", "layer", "none"))
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}: expected >= 1 (the classes, or 1 for regression)")
         layers: list[nn.Module] = [nn.Flatten()]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from keel.models.nets._layers import activation as make_activation
+from keel.models.nets._layers import check_image_input, check_norm
 
 NORMS = ("batch", "none")
 
@@ -77,13 +78,8 @@ class ResNet(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"input_shape={list(input_shape)}: the ResNet expects [channels, height, width]; "
-                "use model=mlp for flat (tabular) features"
-            )
-        if norm not in NORMS:
-            raise ValueError(f"norm={norm!r}: expected one of {list(NORMS)}")
+        check_image_input(input_shape, "ResNet")
+        check_norm(norm, NORMS)
         if int(width) < 1 or not blocks or any(int(b) < 1 for b in blocks):
             raise ValueError(f"width={width}, blocks={list(blocks)}: expected width >= 1 and at least one "
                              "stage, each with >= 1 block (e.g. blocks=[2, 2, 2])")

@@ -265,7 +265,7 @@ class HandLoop:
 
     ``epoch()`` trains one epoch and returns its wall time. With ``fast=True``, the same loop
     over keel's data path, optimizer and layout: whole batches drawn by tensor indexing (keel's
-    ``IndexBatchSampler``, shuffled, through keel's ``TensorLoader``), the optimizer
+    ``IndexBatchSampler``, shuffled, through a plain ``DataLoader``), the optimizer
     implementation keel's config resolves to (``keel.optim.build_optimizer``: torch's fused
     kernel under ``optimizer.fused=auto``) and
     conv weights in channels-last layout where ``model.channels_last=auto`` puts them. The

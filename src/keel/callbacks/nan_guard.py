@@ -76,7 +76,7 @@ class NanGuard(L.Callback):
     ``found_inf``, was dropped: it needed torch internals, and no benchmark on a realistic
     workload showed the sync costing >= 1% of step time.
 
-    Added by ``keel.pipeline`` to every run (not a config option).
+    Added by ``keel.fit`` to every run (not a config option).
 
     Args:
         check_grads: also check every gradient before each optimizer step.

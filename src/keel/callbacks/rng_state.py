@@ -89,7 +89,7 @@ class RngState(L.Callback):
     (the sanity check runs under its own isolated RNG). The epoch's train iterator is then
     created again from the restored state, as the uninterrupted run creates it at that point.
 
-    Added by ``keel.pipeline`` to every run (not a config option).
+    Added by ``keel.fit`` to every run (not a config option).
     """
 
     def __init__(self) -> None:

@@ -67,10 +67,12 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Any:
     """Build the LightningModule from ``cfg.model`` and what the data fitted (plain data only).
 
     The task is the data contract's (``cfg.task``, when it names one, must agree). The net gets
-    the contract's input shape and the task's output size where its config leaves them null.
+    the contract's input shape and the task's output size where its constructor takes them and its
+    config leaves them out or null (:func:`keel.models.net_args.net_arguments`).
     """
     from hydra.utils import get_class
 
+    from keel.models.net_args import net_arguments
     from keel.tasks import get_task
 
     task = get_task(datamodule.contract.task)
@@ -83,13 +85,10 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Any:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     module_cls = get_class(model_cfg.pop("_target_"))
     model_cfg.pop("_recursive_", None)
-    net = model_cfg["net"]
-    # null in the config: known only after setup (a contract inferred from the file)
-    if net.get("input_shape", "") is None:
-        net["input_shape"] = datamodule.net_input_shape
-    if net.get("num_classes", "") is None:
-        net["num_classes"] = task.output_size(datamodule.contract)
-    model_cfg["net"] = net = task.prepare_net(net)  # norm: auto -> the task's
+    # the contract's input shape and the task's output size, where the constructor takes them
+    # and the config leaves them out or null (known only after setup for an inferred contract)
+    net = net_arguments(model_cfg["net"], datamodule.net_input_shape, task.output_size(datamodule.contract))
+    model_cfg["net"] = task.prepare_net(net)  # norm: auto -> the task's
     model_cfg["loss"] = task.prepare_loss(model_cfg.get("loss") or {}, datamodule)
     return module_cls(
         **model_cfg,
@@ -377,7 +376,6 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
     route_lightning_logs()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_config = OmegaConf.to_container(cfg, resolve=True)
-
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     if rank_zero_only.rank == 0:

@@ -19,6 +19,31 @@ from keel.config.validate import ConfigError, validate_config
 from keel.errors import KeelError
 
 
+def _validate_with_net(cfg: DictConfig) -> None:
+    """:func:`validate_config`, plus the net's own problems (its ``_target_`` imports, its
+    constructor takes the keys given: ``keel.models.net_args``), all in one ConfigError, before
+    a run directory is made or the data loads."""
+    from keel.models.net_args import net_problems
+
+    try:
+        validate_config(cfg)
+        problems: list[str] = []
+    except ConfigError as e:
+        problems = list(e.problems)
+    try:
+        net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    except Exception:  # noqa: BLE001  an unresolved value: reported by validate_config above
+        net = None
+    # Not twice for a net key already reported; and a config refused anyway with one of keel's own
+    # nets is refused without importing it (torch): its keys are validate_config's rules.
+    keel_net = isinstance(net, dict) and str(net.get("_target_", "")).startswith("keel.")
+    if (isinstance(net, dict) and not any(p.startswith("model.net") for p in problems)
+            and not (problems and keel_net)):
+        problems += net_problems(net)
+    if problems:
+        raise ConfigError(problems)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Run one training job; return ``optimized_metric`` (for sweepers), or None.
 
@@ -39,7 +64,7 @@ def train(cfg: DictConfig) -> float | None:
     started = time.time()
     run = run_config(cfg)
     try:
-        validate_config(run.cfg)
+        _validate_with_net(run.cfg)
     except ConfigError:
         discard_refused_run_dir(run.output_dir)
         raise

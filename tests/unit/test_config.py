@@ -52,6 +52,8 @@ def _data_files(group: str, option: str, tmp_path: Path) -> list[str]:
         return [f"data.path={tmp_path / 't.csv'}", "data.target=label"]
     if group == "data/contract":
         return ["data=diabetes" if option == "diabetes" else "data=breast_cancer"]
+    if group == "model" and option == "custom":  # the user names their class; any importable nn.Module
+        return ["model.net._target_=keel.models.nets.MLP"]
     return []
 
 

@@ -98,7 +98,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Any:
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         preprocessing=datamodule.preprocessing,
         contract=datamodule.contract.to_dict(),
-        reference=datamodule.reference or None,
+        reference=getattr(datamodule, "reference", None) or None,  # optional (keel.data.protocol)
     )
 
 
@@ -184,9 +184,12 @@ def write_data_reports(output_dir: Path, datamodule: Any) -> None:
     out = output_dir / "data"
     out.mkdir(parents=True, exist_ok=True)
     (out / "contract.yaml").write_text(yaml.safe_dump(datamodule.contract.to_dict(), sort_keys=False))
-    write_json_atomic(out / "contract_report.json", datamodule.data_report())
-    if datamodule.drift:
-        write_json_atomic(out / "drift_report.json", datamodule.drift)
+    # data_report() and drift are optional parts of the data-module protocol (keel.data.protocol)
+    report = datamodule.data_report() if callable(getattr(datamodule, "data_report", None)) else {}
+    write_json_atomic(out / "contract_report.json", report)
+    drift = getattr(datamodule, "drift", None)
+    if drift:
+        write_json_atomic(out / "drift_report.json", drift)
 
 
 def log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 64) -> None:
@@ -194,7 +197,7 @@ def log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 64
     per-feature PSI/JS (raw values, not only alerts) for up to ``max_features`` features."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    drift = datamodule.drift
+    drift = getattr(datamodule, "drift", None)  # optional (keel.data.protocol)
     for lg in loggers:
         if not isinstance(lg, TensorBoardLogger) or not drift:
             continue
@@ -214,7 +217,7 @@ def log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 64
             for name, f in list(r["features"].items())[:max_features]:
                 value = f["psi"] if f["kind"] == "numeric" else f["js"]
                 w.add_scalar(f"drift_features/{split}/{name}", value, 0)
-        dropped = datamodule.dropped.get("total", 0) if datamodule.dropped else 0
+        dropped = (getattr(datamodule, "dropped", None) or {}).get("total", 0)
         w.add_scalar("data/dropped_rows", dropped, 0)
 
 
@@ -370,6 +373,7 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
 
     from keel import gc_phases
     from keel.checkpoints.read import check_resumable
+    from keel.data.protocol import check_data_module
     from keel.distributed import hydra_ddp_relaunch
     from keel.provenance import data_fingerprint
 
@@ -378,6 +382,7 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
     run_config = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    check_data_module(datamodule, cfg.get("task"))  # what keel needs from it, all missing parts at once (keel.data.protocol)
     if rank_zero_only.rank == 0:
         write_data_reports(output_dir, datamodule)
         note_data(data_fingerprint(datamodule))

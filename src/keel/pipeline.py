@@ -19,10 +19,11 @@ from keel.config.validate import ConfigError, validate_config
 from keel.errors import KeelError
 
 
-def _validate_with_net(cfg: DictConfig) -> None:
-    """:func:`validate_config`, plus the net's own problems (its ``_target_`` imports, its
-    constructor takes the keys given: ``keel.models.net_args``), all in one ConfigError, before
-    a run directory is made or the data loads."""
+def _validate_with_targets(cfg: DictConfig) -> None:
+    """:func:`validate_config`, plus the problems of the user's classes: the net's and the data
+    module's ``_target_`` imports and its constructor takes the keys given
+    (``keel.models.net_args``), all in one ConfigError, before a run directory is made or the
+    data loads."""
     from keel.models.net_args import net_problems
 
     try:
@@ -30,16 +31,19 @@ def _validate_with_net(cfg: DictConfig) -> None:
         problems: list[str] = []
     except ConfigError as e:
         problems = list(e.problems)
-    try:
-        net = OmegaConf.to_container(cfg.model.net, resolve=True)
-    except Exception:  # noqa: BLE001  an unresolved value: reported by validate_config above
-        net = None
-    # Not twice for a net key already reported; and a config refused anyway with one of keel's own
-    # nets is refused without importing it (torch): its keys are validate_config's rules.
-    keel_net = isinstance(net, dict) and str(net.get("_target_", "")).startswith("keel.")
-    if (isinstance(net, dict) and not any(p.startswith("model.net") for p in problems)
-            and not (problems and keel_net)):
-        problems += net_problems(net)
+    for path, injected in (("model.net", None), ("data", ())):
+        try:
+            node = OmegaConf.to_container(OmegaConf.select(cfg, path), resolve=True)
+        except Exception:  # noqa: BLE001  an unresolved value: reported by validate_config above
+            continue
+        if not isinstance(node, dict):
+            continue
+        # Not twice for a key already reported; and a config refused anyway with keel's own class
+        # is refused without importing it (torch): its keys are validate_config's rules.
+        keel_class = str(node.get("_target_", "")).startswith("keel.")
+        if any(p.startswith(path) for p in problems) or (problems and keel_class):
+            continue
+        problems += net_problems(node, path) if injected is None else net_problems(node, path, injected)
     if problems:
         raise ConfigError(problems)
 
@@ -64,7 +68,7 @@ def train(cfg: DictConfig) -> float | None:
     started = time.time()
     run = run_config(cfg)
     try:
-        _validate_with_net(run.cfg)
+        _validate_with_targets(run.cfg)
     except ConfigError:
         discard_refused_run_dir(run.output_dir)
         raise

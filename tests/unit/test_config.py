@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from keel.data.contract import contract_from_dict, load_contract_spec
 from keel.config import ConfigError, validate_config
 from keel.config.machine import check_machine
 from keel.optim import build_scheduler
@@ -35,6 +36,10 @@ def test_every_config_file_is_covered():
     assert on_disk == covered, f"untested config files: {sorted(on_disk - covered)}"
 
 
+_DIGITS_CONTRACT = {"kind": "tensor", "name": "digits", "shape": [1, 8, 8], "dtype": "float32", "range": [0.0, 16.0],
+                    "finite": True, "classes": list(range(10))}
+
+
 def _data_files(group: str, option: str, tmp_path: Path) -> list[str]:
     """Tiny local files for data configs that read the user's files; their overrides."""
     if group == "data" and option == "mnist":
@@ -52,6 +57,11 @@ def _data_files(group: str, option: str, tmp_path: Path) -> list[str]:
         return [f"data.path={tmp_path / 't.csv'}", "data.target=label"]
     if group == "data/contract":
         return ["data=diabetes" if option == "diabetes" else "data=breast_cancer"]
+    if group == "data" and option == "custom":  # the user's class and a contract file outside conf/
+        import yaml
+
+        (tmp_path / "digits.yaml").write_text(yaml.safe_dump(dict(_DIGITS_CONTRACT)))
+        return ["data._target_=keel.data.DigitsDataModule", f"data.contract={tmp_path / 'digits.yaml'}"]
     if group == "model" and option == "custom":  # the user names their class; any importable nn.Module
         return ["model.net._target_=keel.models.nets.MLP"]
     return []
@@ -87,7 +97,9 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     if group in ("data", "data/contract"):
         dm = instantiate(cfg.data)
         dm.setup()
-        if cfg.data.contract is not None:
+        if isinstance(cfg.data.contract, str):  # a contract file given by path
+            assert dm.contract.to_dict() == contract_from_dict(load_contract_spec(cfg.data.contract)).to_dict()
+        elif cfg.data.contract is not None:
             assert dm.contract.num_classes == len(cfg.data.contract.get("classes") or ())
         assert dm.task == cfg.task  # the task resolved from the config is the data's
         x, y = next(iter(dm.train_dataloader()))

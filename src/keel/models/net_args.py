@@ -79,14 +79,16 @@ def signature_text(cls: Any) -> str:
         return str(cls)
 
 
-def net_problems(net: Mapping[str, Any], prefix: str = "model.net") -> list[str]:
+def net_problems(net: Mapping[str, Any], prefix: str = "model.net",
+                 injected: tuple[str, ...] = INJECTED) -> list[str]:
     """Every problem of the net config ``net`` (plain data), each with its fix: a ``_target_``
     that does not import or is not a class, keys the constructor does not take (keel's own
-    :data:`INJECTED` keys excepted: they are dropped for a constructor without them), required
-    arguments that are not given."""
+    ``injected`` keys excepted: they are dropped for a constructor without them), required
+    arguments that are not given. ``prefix``/``injected``: the config node checked
+    (``data``, ``()`` for a data module's config)."""
     target = net.get("_target_")
     if not isinstance(target, str) or not target:
-        return [f"{prefix}._target_={target!r}: expected the import path of your nn.Module class. "
+        return [f"{prefix}._target_={target!r}: expected the import path of your class. "
                 f"Fix: e.g. {prefix}._target_=mynets.MyNet"]
     try:
         cls = locate(target)
@@ -107,12 +109,13 @@ def net_problems(net: Mapping[str, Any], prefix: str = "model.net") -> list[str]
     sig = signature_text(cls)
     problems = []
     for key in net:
-        if key in HYDRA_KEYS or key in INJECTED or key in named or var_kw:
+        if key in HYDRA_KEYS or key in injected or key in named or var_kw:
             continue
-        problems.append(f"{prefix}.{key}: not an argument of {target} ({sig}). Fix: remove it (~{prefix}.{key}; "
-                        "model=custom starts from a net config that holds only _target_)")
+        hint = "; model=custom starts from a net config that holds only _target_" if prefix == "model.net" else ""
+        problems.append(f"{prefix}.{key}: not an argument of {target} ({sig}). Fix: remove it (~{prefix}.{key}"
+                        f"{hint})")
     for name, p in named.items():
-        if p.default is inspect.Parameter.empty and name not in net and name not in INJECTED:
+        if p.default is inspect.Parameter.empty and name not in net and name not in injected:
             problems.append(f"{prefix}.{name}: required by {target} ({sig}) and not given. "
                             f"Fix: +{prefix}.{name}=...")
     return problems

@@ -4,7 +4,8 @@
     keel contract check CONTRACT FILE                       exit 1 when FILE breaks CONTRACT
     keel drift REFERENCE CURRENT                            exit 1 when a feature drifts past alert
     keel bundle verify DIR                                  exit 1 when a bundle's files or outputs changed
-    keel predict DIR INPUT [--output FILE]                  predictions (labels and probabilities, or values)
+    keel predict DIR INPUT [--output FILE] [--keep COL]     predictions (labels and probabilities, or values)
+    keel evaluate DIR FILE [--output FILE]                  the task's metrics on a labelled file (no torch)
     keel sweep report MULTIRUN_DIR                          every job of a sweep, best first
     keel replay RUN_DIR                                     re-run a run; exit 1 when its metrics differ
 
@@ -28,10 +29,10 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 def _contract_infer(args: argparse.Namespace) -> int:
     import yaml
 
-    from keel.data.table_io import read_table
+    from keel.data.table_io import SERVING_FIXES, read_table
     from keel.data.table_contract import infer_contract
 
-    df = read_table(args.file, args.format)
+    df = read_table(args.file, args.format, SERVING_FIXES)
     name = args.name or Path(args.file).name.split(".")[0]
     contract = infer_contract(df, args.target, name, max_categories=args.max_categories, margin=args.margin,
                               task=args.task)
@@ -46,12 +47,12 @@ def _contract_infer(args: argparse.Namespace) -> int:
 
 def _contract_check(args: argparse.Namespace) -> int:
     from keel.data.contract import contract_from_dict, load_contract_spec
-    from keel.data.table_io import read_table
+    from keel.data.table_io import SERVING_FIXES, read_table
 
     contract = contract_from_dict(load_contract_spec(args.contract))
     if getattr(contract, "target", None) is None:
         raise KeelError("keel contract check works on table contracts (kind: table)")
-    df = read_table(args.file, args.format)
+    df = read_table(args.file, args.format, SERVING_FIXES)
     with_target = contract.target in df.columns and not args.no_target
     report = contract.check(df, Path(args.file).name, with_target=with_target)
     if args.json:
@@ -107,9 +108,9 @@ def _columns_of(path: str, target: str | None, fmt: str, contract: Any) -> tuple
             raise KeelError(f"{p}: not a readable .npy array ({e})") from None
         cols = tensor_drift_columns(x)
         return cols, {k: "numeric" for k in cols}, None
-    from keel.data.table_io import read_table, table_drift_columns
+    from keel.data.table_io import SERVING_FIXES, read_table, table_drift_columns
 
-    df = read_table(path, fmt)
+    df = read_table(path, fmt, SERVING_FIXES)
     labels = df[target] if target and target in df.columns else None
     table_contract = contract if hasattr(contract, "columns") else None
     cols, kinds = table_drift_columns(df, table_contract, exclude=(target,) if target else ())
@@ -154,26 +155,84 @@ def _bundle_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _csv_line(fields: list[str]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(fields)
+    return buf.getvalue()
+
+
+def _write_invalid(path: Path, invalid: dict[int, list[str]], source: str) -> None:
+    """The rows ``--on-invalid skip`` left out, with the rules each breaks."""
+    lines = ["row,violations", *(_csv_line([str(r), "; ".join(v)]) for r, v in invalid.items())]
+    path.write_text("\n".join(lines) + "\n")
+    print(f"{len(invalid)} rows of {source} break the contract: not predicted, written with their violations to "
+          f"{path}", file=sys.stderr)
+
+
+def _invalid_path(args: argparse.Namespace) -> Path:
+    if args.invalid_output:
+        return Path(args.invalid_output)
+    base = Path(args.output) if args.output else Path(args.input)
+    return base.with_name(base.stem + ".invalid.csv")
+
+
 def _predict(args: argparse.Namespace) -> int:
     from keel.serve.bundle import load_bundle
 
     bundle = load_bundle(args.dir, variant="int8" if args.int8 else "fp32")
-    data = bundle.read(args.input, args.format)
-    outputs = bundle.predict(data, Path(args.input).name)
+    source = Path(args.input).name
+    rows = bundle.read_rows(args.input, args.format, keep=tuple(args.keep))
+    enc = bundle.encode_rows(rows, source, on_invalid=args.on_invalid)
+    outputs = _outputs(bundle, enc.x)
     columns, values = bundle.task.prediction_table(outputs, bundle.manifest)
-    header = ["row", *columns]
-    rows = [[str(i)] + [f"{v:.6f}" if isinstance(v, float) else str(v) for v in row] for i, row in enumerate(values)]
+    header = ["row", *args.keep, *columns]
+    kept = [[rows.carried[c][r] for c in args.keep] for r in enc.rows.tolist()]
+    lines = [[str(r), *k] + [f"{v:.6f}" if isinstance(v, float) else str(v) for v in row]
+             for r, k, row in zip(enc.rows.tolist(), kept, values)]
     if args.output and args.output.endswith(".json"):
-        out = [{"row": i, **r} for i, r in enumerate(bundle.task.prediction_records(outputs, bundle.manifest))]
+        records = bundle.task.prediction_records(outputs, bundle.manifest)
+        out = [{"row": r, **dict(zip(args.keep, k)), **rec} for r, k, rec in zip(enc.rows.tolist(), kept, records)]
         Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
     else:
-        text = "\n".join(",".join(r) for r in [header, *rows]) + "\n"
+        text = "\n".join(_csv_line(r) for r in [header, *lines]) + "\n"
         if args.output:
             Path(args.output).write_text(text)
         else:
             sys.stdout.write(text)
     if args.output:
-        print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
+        print(f"{len(lines)} predictions written to {args.output}", file=sys.stderr)
+    if enc.invalid:
+        _write_invalid(_invalid_path(args), enc.invalid, source)
+    return EXIT_OK
+
+
+def _outputs(bundle: Any, x: Any) -> tuple:
+    from keel.export.runtime import run
+
+    return run(bundle.session, x)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from keel.serve.bundle import load_bundle
+
+    bundle = load_bundle(args.dir, variant="int8" if args.int8 else "fp32")
+    source = Path(args.input).name
+    rows = bundle.read_rows(args.input, args.format, keep=tuple(args.ignore), labels=args.labels, with_target=True)
+    enc = bundle.encode_rows(rows, source, on_invalid=args.on_invalid, with_target=True)
+    metrics = bundle.task.score(_outputs(bundle, enc.x), enc.y)
+    result = {"bundle": str(args.dir), "model": bundle.variant, "file": str(args.input), "task": bundle.task.name,
+              "rows": int(len(enc.rows)), "rows_invalid": len(enc.invalid), "metrics": metrics}
+    print(f"{source}: {len(enc.rows)} rows, {bundle.task.name}, {bundle.variant} model")
+    for k, v in metrics.items():
+        print(f"  {k:<10} {v:.4f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"written: {args.output}")
+    if enc.invalid:
+        _write_invalid(_invalid_path(args), enc.invalid, source)
     return EXIT_OK
 
 
@@ -246,7 +305,29 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write predictions here (.csv or .json) instead of stdout")
     predict.add_argument("--int8", action="store_true", help="use the bundle's int8 model")
     predict.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
+    predict.add_argument("--keep", action="append", default=[], metavar="COLUMN",
+                         help="carry this column of the input into the output (an ID, or the label); repeatable")
+    predict.add_argument("--on-invalid", default="fail", choices=["fail", "skip"],
+                         help="rows that break the contract: fail (nothing predicted; default) or skip (predict the "
+                              "others; the invalid rows and their violations go to --invalid-output)")
+    predict.add_argument("--invalid-output", help="where skipped rows go (default: <output or input>.invalid.csv)")
     predict.set_defaults(func=_predict)
+
+    evaluate = sub.add_parser("evaluate", help="the task's metrics of a bundle on a labelled file (ONNX Runtime; "
+                                               "no torch)")
+    evaluate.add_argument("dir", help="bundle directory")
+    evaluate.add_argument("input", help="labelled CSV/Parquet (with the contract's target column), or .npy samples "
+                                        "with --labels")
+    evaluate.add_argument("--labels", help="tensor bundles: a .npy of one label (or target value) per sample")
+    evaluate.add_argument("--ignore", action="append", default=[], metavar="COLUMN",
+                          help="a column of the file that is not an input (an ID): left out; repeatable")
+    evaluate.add_argument("--output", help="also write the metrics here (JSON)")
+    evaluate.add_argument("--int8", action="store_true", help="evaluate the bundle's int8 model")
+    evaluate.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
+    evaluate.add_argument("--on-invalid", default="fail", choices=["fail", "skip"],
+                          help="rows that break the contract: fail (default) or skip (evaluate the others)")
+    evaluate.add_argument("--invalid-output", help="where skipped rows go (default: <output or input>.invalid.csv)")
+    evaluate.set_defaults(func=_evaluate)
 
     if command == "replay":
         from keel.replay import add_replay_parser

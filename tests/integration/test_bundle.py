@@ -281,3 +281,97 @@ def test_resume_with_another_model_is_refused(digits_run, tmp_path):
     proc = _run([sys.executable, "train.py", f"paths.log_dir={tmp_path}", "model=cnn", f"ckpt_path={m['last_checkpoint']}"])
     assert proc.returncode == 2
     assert "cannot be resumed by this run: it was trained with another net" in proc.stderr
+
+
+def _labelled_breast_cancer(path: Path, n: int = 20) -> pd.DataFrame:
+    """n held-in rows with their label column and an ID column, row 5 missing a non-nullable value."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.iloc[:n].copy()
+    frame.insert(0, "patient", [f"P{i:03d}" for i in range(n)])
+    frame.loc[5, "mean texture"] = np.nan
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_predict_ignores_the_label_keeps_ids_and_skips_invalid_rows(table_run, tmp_path):
+    b = table_run / "bundle"
+    frame = _labelled_breast_cancer(tmp_path / "new.csv")
+    # the label column alone is ignored (the plain-CSV reader); the bad row fails the file by default,
+    # and the hint speaks of the file, not of a training config
+    clean = frame.drop(columns=["patient"]).drop(index=5)
+    clean.to_csv(tmp_path / "labelled.csv", index=False)
+    proc = _run([*KEEL, "predict", str(b), str(tmp_path / "labelled.csv")])
+    assert proc.returncode == 0, proc.stderr
+    assert len(_predict_rows(proc)) == 19
+    proc = _run([*KEEL, "predict", str(b), str(tmp_path / "new.csv"), "--keep", "patient"])
+    assert proc.returncode == 2 and "nullable on mean texture: 1 of 20 rows fail" in proc.stderr
+    assert "Fix: correct these rows of new.csv, or predict the valid ones with --on-invalid skip" in proc.stderr
+    assert "conf/data" not in proc.stderr
+
+    out = tmp_path / "pred.csv"
+    proc = _run([*KEEL, "predict", str(b), str(tmp_path / "new.csv"), "--keep", "patient", "--keep", "target",
+                 "--on-invalid", "skip", "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    pred = pd.read_csv(out)
+    assert list(pred.columns[:3]) == ["row", "patient", "target"] and "label" in pred.columns
+    assert pred["row"].tolist() == [i for i in range(20) if i != 5]
+    assert pred["patient"].tolist() == [f"P{i:03d}" for i in range(20) if i != 5]
+    assert (pred["target"] == frame["target"].drop(index=5).to_numpy()).all()
+    assert (pred["class"] == pred["target"]).mean() >= 0.9
+    invalid = pd.read_csv(tmp_path / "pred.invalid.csv")
+    assert invalid.to_dict("records") == [{"row": 5, "violations": "nullable on mean texture"}]
+    assert "1 rows of new.csv break the contract: not predicted" in proc.stderr
+
+    # the same skip through the plain-CSV reader (no --keep) and through pandas (Parquet): the same rows, values
+    frame.drop(columns=["patient"]).to_csv(tmp_path / "plain.csv", index=False)
+    frame.drop(columns=["patient"]).to_parquet(tmp_path / "plain.parquet", index=False)
+    outs = []
+    for name in ("plain.csv", "plain.parquet"):
+        proc = _run([*KEEL, "predict", str(b), str(tmp_path / name), "--on-invalid", "skip",
+                     "--invalid-output", str(tmp_path / f"{name}.bad.csv")])
+        assert proc.returncode == 0, proc.stderr
+        outs.append(_predict_rows(proc))
+        assert pd.read_csv(tmp_path / f"{name}.bad.csv")["row"].tolist() == [5]
+    assert outs[0] == outs[1] and len(outs[0]) == 19
+    assert [r.split(",")[1] for r in outs[0]] == pred["label"].tolist()  # as the --keep run (pandas) predicted
+
+    # an extra column that is not named with --keep is a file-level problem: skip cannot leave it out
+    proc = _run([*KEEL, "predict", str(b), str(tmp_path / "new.csv"), "--on-invalid", "skip"])
+    assert proc.returncode == 2 and "extra-columns: patient" in proc.stderr
+    assert "name them with --keep COLUMN (predict) / --ignore COLUMN (evaluate)" in proc.stderr
+
+
+def test_evaluate_a_bundle_on_labelled_files_with_torch_unimportable(table_run, digits_run, tmp_path):
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    for name in ("torch", "lightning"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is not importable here')\n")
+    env = {"PYTHONPATH": str(blocker), "PATH": "/usr/bin:/bin"}
+    frame = _labelled_breast_cancer(tmp_path / "new.csv", n=120)
+    out = tmp_path / "metrics.json"
+    proc = _run([*KEEL, "evaluate", str(table_run / "bundle"), str(tmp_path / "new.csv"), "--ignore", "patient",
+                 "--on-invalid", "skip", "--output", str(out)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(out.read_text())
+    assert m["task"] == "classification" and m["rows"] == 119 and m["rows_invalid"] == 1
+    assert set(m["metrics"]) == {"acc", "f1", "precision", "recall", "auroc"} and m["metrics"]["acc"] >= 0.9
+    assert f"  acc        {m['metrics']['acc']:.4f}" in proc.stdout
+    # the same rows' accuracy as the bundle's own predictions give
+    frame.drop(index=5).drop(columns=["patient"]).to_csv(tmp_path / "clean.csv", index=False)
+    pred = _run([*KEEL, "predict", str(table_run / "bundle"), str(tmp_path / "clean.csv"), "--keep", "target"], env=env)
+    rows = [line.split(",") for line in _predict_rows(pred)]
+    assert np.mean([int(r[3]) == int(r[1]) for r in rows]) == pytest.approx(m["metrics"]["acc"])
+
+    # a tensor bundle: samples in a .npy, labels in another
+    y = _digits_npy(tmp_path / "x.npy", n=200)
+    np.save(tmp_path / "y.npy", y)
+    proc = _run([*KEEL, "evaluate", str(digits_run / "bundle"), str(tmp_path / "x.npy"), "--labels",
+                 str(tmp_path / "y.npy")], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^  acc        0\.9\d{3}$", proc.stdout, re.M), proc.stdout
+
+    # no targets: said, exit 2
+    proc = _run([*KEEL, "evaluate", str(digits_run / "bundle"), str(tmp_path / "x.npy")], env=env)
+    assert proc.returncode == 2
+    assert "x.npy: no targets to evaluate against: expected labels (--labels FILE.npy)" in proc.stderr

@@ -105,8 +105,8 @@ class ContractError(KeelError):
 class ContractViolationError(KeelError):
     """One or more splits break the contract; ``reports`` holds every violation."""
 
-    def __init__(self, reports: Sequence[ContractReport], source: str = ""):
-        self.source = source
+    def __init__(self, reports: Sequence[ContractReport], source: str = "", fix: str | None = None):
+        self.source, self.fix = source, fix
         self.reports = [r for r in reports if not r.ok]
         n = sum(len(r.violations) for r in self.reports)
         where = f" in {source}" if source else ""
@@ -114,14 +114,14 @@ class ContractViolationError(KeelError):
         for r in self.reports:
             lines.append(f"  split {r.split!r} ({r.rows} rows):")
             lines += [f"    - {v.describe()}" for v in r.violations]
-        lines.append(
+        lines.append(fix or (
             "Fix: clean the data, or correct the contract in the data config (conf/data/<name>.yaml,"
             " key `contract`) if the data is right and the contract is not."
-        )
+        ))
         super().__init__("\n".join(lines))
 
     def __reduce__(self) -> tuple:  # rebuilt from its reports when sent between processes
-        return (type(self), (self.reports, self.source))
+        return (type(self), (self.reports, self.source, self.fix))
 
 
 def _is_int(v: Any) -> bool:

@@ -6,6 +6,7 @@ format with :func:`table_format` and reads most CSV files without pandas (``keel
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,19 @@ if TYPE_CHECKING:
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
+# The Fix of each read error: for a training config, and for a file given to a bundle (keel predict/evaluate)
+TRAINING_FIXES = {"missing": "data.path=<a .csv or .parquet file>", "format": "rename the file or set data.format=csv|parquet",
+                  "empty": "point data.path at a file with a header and rows", "no rows": "point data.path at a file with data"}
+SERVING_FIXES = {"missing": "give the path of an existing .csv or .parquet file",
+                 "format": "rename the file or give --format csv|parquet", "empty": "give a file with a header and rows",
+                 "no rows": "give a file with data rows"}
+
+
 class TableReadError(KeelError):
     """A table file cannot be read: missing, empty, not CSV/Parquet, or without the label column."""
 
 
-def table_format(path: str | Path, fmt: str = "auto") -> str:
+def table_format(path: str | Path, fmt: str = "auto", fixes: Mapping[str, str] = TRAINING_FIXES) -> str:
     """The format :func:`read_table` reads ``path`` as (``fmt``, or from the suffix for ``auto``),
     after the checks that need no parsing.
 
@@ -34,7 +43,7 @@ def table_format(path: str | Path, fmt: str = "auto") -> str:
     """
     p = Path(path)
     if not p.is_file():
-        raise TableReadError(f"{p}: no such file. Fix: data.path=<a .csv or .parquet file>")
+        raise TableReadError(f"{p}: no such file. Fix: {fixes['missing']}")
     if fmt == "auto":
         suffixes = [s.lower() for s in p.suffixes]
         if suffixes and suffixes[-1] in (".gz", ".bz2", ".zip", ".xz") and len(suffixes) > 1:
@@ -43,19 +52,20 @@ def table_format(path: str | Path, fmt: str = "auto") -> str:
         if not fmt:
             raise TableReadError(
                 f"{p}: cannot tell the format from the suffix {p.suffix!r}: expected one of "
-                f"{sorted(FORMATS)}. Fix: rename the file or set data.format=csv|parquet"
+                f"{sorted(FORMATS)}. Fix: {fixes['format']}"
             )
     if p.stat().st_size == 0:
-        raise TableReadError(f"{p}: the file is empty. Fix: point data.path at a file with a header and rows")
+        raise TableReadError(f"{p}: the file is empty. Fix: {fixes['empty']}")
     return fmt
 
 
-def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+def read_table(path: str | Path, fmt: str = "auto", fixes: Mapping[str, str] = TRAINING_FIXES) -> pd.DataFrame:
     """Read a CSV or Parquet file into a DataFrame whose index is the 0-based data row number.
 
     Args:
         path: the file.
         fmt: ``auto`` (by suffix, also ``.csv.gz``), ``csv`` or ``parquet``.
+        fixes: the Fix of each error (:data:`TRAINING_FIXES`, or :data:`SERVING_FIXES` for a bundle's input).
 
     Raises:
         TableReadError: naming the file and the fix, for a missing, empty or unreadable file.
@@ -63,7 +73,7 @@ def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
     import pandas as pd
 
     p = Path(path)
-    fmt = table_format(p, fmt)
+    fmt = table_format(p, fmt, fixes)
     try:
         if fmt == "csv":
             sep = "\t" if p.suffix.lower() == ".tsv" else ","
@@ -80,7 +90,7 @@ def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TableReadError(f"{p}: not a readable {fmt.upper()} file ({first}). Fix: check the file's format") from None
     if df.empty:
-        raise TableReadError(f"{p}: the file has a header but no rows. Fix: point data.path at a file with data")
+        raise TableReadError(f"{p}: the file has a header but no rows. Fix: {fixes['no rows']}")
     return df.reset_index(drop=True)
 
 

@@ -3,7 +3,7 @@ files that ``keel.serve.table`` leaves to them, and for ``verify_bundle``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,53 @@ from keel.errors import KeelError
 from keel.export.bundle import BundleError, check_files, read_manifest, safe_member
 from keel.export.runtime import run, session
 from keel.serve.table import CsvTable, check_table, encode_table, read_csv
+
+
+ON_INVALID = ("fail", "skip")
+
+
+def input_fix(source: str, whole: list[Any] | None = None) -> str:
+    """The Fix line of a contract violation in a file given to the bundle (not a training config);
+    ``whole``: the file-level violations (columns), which no row can be skipped for."""
+    if whole:
+        what = "; ".join(v.describe() for v in whole)
+        return (f"Fix: give {source} the contract's columns ({what}): remove extra columns or name them with "
+                "--keep COLUMN (predict) / --ignore COLUMN (evaluate); --on-invalid skip leaves out rows, not "
+                "columns. The bundle's contract is data.contract in its manifest.json")
+    return (f"Fix: correct these rows of {source}, or predict the valid ones with --on-invalid skip (the others go "
+            "to a side file with their violations); the bundle's contract is data.contract in its manifest.json")
+
+
+@dataclass
+class Rows:
+    """Rows read from a file for the bundle: ``data`` (features, what :meth:`Bundle.encode` takes),
+    ``target`` (the label column or labels file, raw, when present), ``carried`` (``--keep``
+    columns as text), ``n`` (rows in the file)."""
+
+    data: Any
+    target: Any
+    carried: dict[str, list[str]]
+    n: int
+
+
+@dataclass
+class Encoded:
+    """Contract-checked rows: ``x`` (model input), ``y`` (encoded targets or None), ``rows``
+    (the file's row ids of ``x``), ``invalid`` (row id -> the rules it breaks, rows left out)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    rows: np.ndarray
+    invalid: dict[int, list[str]]
+
+
+def _subset(data: Any, idx: np.ndarray) -> Any:
+    if isinstance(data, CsvTable):
+        return CsvTable(data.header, int(idx.size), {k: v[idx] for k, v in data.numeric.items()},
+                        {k: [v[i] for i in idx] for k, v in data.text.items()})
+    if hasattr(data, "iloc"):
+        return data.iloc[idx].reset_index(drop=True)
+    return np.asarray(data)[idx]
 
 
 @dataclass
@@ -59,11 +106,11 @@ class Bundle:
                 raise KeelError(f"{p}: not a readable .npy array ({e})") from None
         if not self.is_table:
             raise KeelError(f"{p}: this bundle serves tensors; give a .npy array of shape (N, *shape)")
-        from keel.data.table_io import read_table, table_format
+        from keel.data.table_io import SERVING_FIXES, read_table, table_format
 
-        fmt = table_format(p, fmt)
+        fmt = table_format(p, fmt, SERVING_FIXES)
         table = read_csv(p, self.contract) if fmt == "csv" else None
-        return table if table is not None else read_table(p, fmt)
+        return table if table is not None else read_table(p, fmt, SERVING_FIXES)
 
     def encode(self, data: Any, source: str) -> np.ndarray:
         """Check ``data`` against the bundle's contract, then encode it as the model's input.
@@ -77,25 +124,131 @@ class Bundle:
         if isinstance(data, CsvTable):
             report = check_table(self.contract, data, source)
             if not report.ok:
-                raise ContractViolationError([report], source)
+                raise ContractViolationError([report], source, fix=input_fix(source))
             return encode_table(self.contract, data)
         if self.is_table:
             report = self.contract.check(data, source, with_target=False) if len(data) else None
             if report is not None and not report.ok:
-                raise ContractViolationError([report], source)
+                raise ContractViolationError([report], source, fix=input_fix(source))
             if report is None:
                 raise BundleError(f"{source}: no rows to predict")
             return self.contract.encode_features(data)
         try:
             x = np.asarray(data)
         except (ValueError, TypeError):  # ragged nested sequences: the contract check names the problem
-            raise ContractViolationError([self.contract.check(data, None, source)], source) from None
+            raise ContractViolationError([self.contract.check(data, None, source)], source,
+                                         fix=input_fix(source)) from None
         if x.ndim == len(self.contract.shape):  # a single sample
             x = x[None]
         report = self.contract.check(x, None, source)
         if not report.ok:
-            raise ContractViolationError([report], source)
+            raise ContractViolationError([report], source, fix=input_fix(source))
         return np.ascontiguousarray(x, dtype=np.float32)
+
+    def read_rows(self, path: str | Path, fmt: str = "auto", keep: tuple[str, ...] = (),
+                  labels: str | Path | None = None, with_target: bool = False) -> Rows:
+        """The rows of ``path`` with what is not a feature set apart: a table's label column
+        (ignored by predict, the targets of evaluate), ``keep`` columns (carried to the output as
+        text), or a tensor file's labels from ``labels`` (``.npy``).
+
+        A plain CSV without ``keep`` or targets is read without pandas, as :meth:`read` does; the
+        kept columns' values and typed targets need pandas' reader.
+
+        Raises:
+            KeelError: naming the file: a ``keep`` column it lacks, labels of the wrong length, a
+                tensor file with ``keep``.
+        """
+        p = Path(path)
+        if not self.is_table:
+            if keep:
+                raise KeelError(f"--keep {' '.join(keep)}: a tensor file has no columns to keep. Fix: leave out --keep")
+            x = self.read(p, fmt)
+            n = len(x) if np.ndim(x) > 0 else 1  # a 0-d array: one (malformed) sample for the check to name
+            y = None
+            if labels is not None:
+                y = self.read(labels, fmt)
+                if np.ndim(y) != 1 or len(y) != n:
+                    raise KeelError(f"{labels}: labels of shape {list(np.shape(y))} for the {n} samples of {p}. Fix: "
+                                    "a 1-d .npy of one label per sample, in the same order")
+            return Rows(x, y, {}, n)
+        target = self.contract.target
+        features = set(self.contract.feature_names)
+        if not keep and not with_target:
+            data = self.read(p, fmt)
+            if isinstance(data, CsvTable):
+                # the label column is not an input: left out of the check (an extra column otherwise)
+                return Rows(replace(data, header=tuple(h for h in data.header if h != target)), None, {}, len(data))
+        else:
+            from keel.data.table_io import SERVING_FIXES, read_table
+
+            data = read_table(p, fmt, SERVING_FIXES)
+        data = data.reset_index(drop=True)
+        missing = [c for c in keep if c not in data.columns]
+        if missing:
+            raise KeelError(f"--keep {', '.join(missing)}: no such column in {p} (it has {', '.join(map(str, data.columns))})."
+                            " Fix: name columns of the file")
+        carried = {c: ["" if v is None or v != v else str(v) for v in data[c].tolist()] for c in keep}
+        y = data[target] if target in data.columns else None
+        drop = [c for c in (*keep, target) if c in data.columns and c not in features]
+        return Rows(data.drop(columns=list(dict.fromkeys(drop))), y, carried, len(data))
+
+    def encode_rows(self, rows: Rows, source: str, on_invalid: str = "fail", with_target: bool = False) -> Encoded:
+        """Check ``rows`` against the contract (with the targets when ``with_target``) and encode
+        them. ``on_invalid``: ``fail`` raises ContractViolationError listing every violation;
+        ``skip`` leaves out the rows that break a row-level rule (a file-level problem, such as a
+        missing column, still fails).
+
+        Raises:
+            ContractViolationError: the violations, with a Fix line about the input file.
+            KeelError: ``with_target`` and no targets; ``skip`` left no valid row.
+        """
+        if on_invalid not in ON_INVALID:
+            raise KeelError(f"--on-invalid {on_invalid}: expected one of {', '.join(ON_INVALID)}")
+        if with_target and rows.target is None:
+            what = (f"a {self.contract.target!r} column" if self.is_table else "labels (--labels FILE.npy)")
+            raise KeelError(f"{source}: no targets to evaluate against: expected {what}. Fix: give a labelled file")
+        data = rows.data
+        if self.is_table and with_target:
+            data = data.assign(**{self.contract.target: rows.target})
+            report = self.contract.check(data, source, with_target=True) if len(data) else None
+        elif self.is_table:
+            report = (check_table(self.contract, data, source) if isinstance(data, CsvTable)
+                      else self.contract.check(data, source, with_target=False) if len(data) else None)
+        else:
+            try:
+                x = np.asarray(data)
+            except (ValueError, TypeError):  # ragged nested sequences: the contract check names the problem
+                raise ContractViolationError([self.contract.check(data, None, source)], source,
+                                             fix=input_fix(source)) from None
+            if x.ndim == len(self.contract.shape):  # a single sample
+                x = data = x[None]
+            rows = replace(rows, n=len(x) if x.ndim else 1)
+            report = self.contract.check(x, rows.target if with_target else None, source)
+        if report is None:
+            raise BundleError(f"{source}: no rows to predict")
+        keep_rows = np.arange(rows.n)
+        invalid: dict[int, list[str]] = {}
+        if not report.ok:
+            whole = [v for v in report.violations if v.rows is None]
+            if on_invalid == "fail" or whole:
+                raise ContractViolationError([report], source, fix=input_fix(source, whole))
+            for v in report.violations:
+                for r in np.asarray(v.rows).tolist():
+                    invalid.setdefault(int(r), []).append(f"{v.rule} on {v.feature}")
+            keep_rows = np.setdiff1d(keep_rows, np.fromiter(invalid, dtype=np.int64))
+            if keep_rows.size == 0:
+                raise ContractViolationError([report], source, fix=input_fix(source))
+            data = _subset(data, keep_rows)
+        if self.is_table:
+            table = data.drop(columns=[self.contract.target]) if with_target else data
+            x = encode_table(self.contract, table) if isinstance(table, CsvTable) else self.contract.encode_features(table)
+        else:
+            x = np.ascontiguousarray(data, dtype=np.float32)
+        y = None
+        if with_target:
+            y = self.contract.encode_labels(np.asarray(rows.target)[keep_rows] if not self.is_table
+                                            else rows.target.iloc[keep_rows])
+        return Encoded(x, y, keep_rows, dict(sorted(invalid.items())))
 
     @property
     def task(self) -> Any:

@@ -119,6 +119,26 @@ class Classification(Task):
         _, probs = run(sess, x)
         return {"test_acc": float((probs.argmax(axis=1) == y).mean()), "test_rows": int(len(y))}
 
+    def score(self, outputs: tuple, y: Any) -> dict[str, float]:
+        """acc, and macro f1, precision, recall and one-vs-rest AUROC (NaN when a class is absent
+        from ``y``) of the bundle's ``outputs`` against class indices ``y``. scikit-learn: the
+        torch-free side of serving (torchmetrics needs torch); the same macro definitions."""
+        import numpy as np
+        from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+        _, probs = outputs
+        y = np.asarray(y)
+        labels = list(range(probs.shape[1]))
+        pred = probs.argmax(axis=1)
+        precision, recall, f1, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro",
+                                                                   zero_division=0)
+        auroc = float("nan")
+        if len(np.unique(y)) == len(labels) and len(labels) > 1:
+            auroc = float(roc_auc_score(y, probs[:, 1] if len(labels) == 2 else probs, multi_class="ovr",
+                                        labels=labels))
+        return {"acc": float((pred == y).mean()), "f1": float(f1), "precision": float(precision),
+                "recall": float(recall), "auroc": auroc}
+
     def int8_decision(self, fp32: dict[str, Any], int8: dict[str, Any], options: Any) -> dict[str, Any]:
         """Keep the int8 model when it loses at most ``max_accuracy_drop`` test accuracy."""
         a, b = fp32["test_acc"], int8["test_acc"]

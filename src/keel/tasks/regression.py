@@ -135,13 +135,19 @@ class Regression(Task):
 
         if not len(y):
             return {"test_rmse": float("nan"), "test_mae": float("nan"), "test_r2": float("nan"), "test_rows": 0}
-        (pred,) = run(sess, x)
+        return {f"test_{k}": v for k, v in self.score(run(sess, x), np.asarray(y)).items()} | {"test_rows": int(len(y))}
+
+    def score(self, outputs: tuple, y: Any) -> dict[str, float]:
+        """rmse, mae, r2 of the bundle's ``outputs`` against targets ``y``, in the target's units
+        (numpy: the torch-free side of serving; the same definitions as torchmetrics')."""
+        import numpy as np
+
+        (pred,) = outputs
         y = np.asarray(y, dtype=np.float64)
-        r = pred.astype(np.float64) - y
+        r = np.asarray(pred, dtype=np.float64).reshape(-1) - y
         ss_tot = float(((y - y.mean()) ** 2).sum())
         r2 = 1.0 - float((r**2).sum()) / ss_tot if ss_tot > 0 and len(y) > 1 else float("nan")
-        return {"test_rmse": float(np.sqrt((r**2).mean())), "test_mae": float(np.abs(r).mean()), "test_r2": r2,
-                "test_rows": int(len(y))}
+        return {"rmse": float(np.sqrt((r**2).mean())), "mae": float(np.abs(r).mean()), "r2": r2}
 
     def int8_decision(self, fp32: dict[str, Any], int8: dict[str, Any], options: Any) -> dict[str, Any]:
         """Keep the int8 model when its test rmse is at most ``max_rmse_increase`` (a fraction)

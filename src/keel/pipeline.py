@@ -167,4 +167,12 @@ def export_main(cfg: DictConfig) -> None:
     _exit_on_user_error(export, cfg, reraise_in_multirun=False)
 
 
-__all__ = ["export", "export_main", "main", "train"]
+def eval_main(cfg: DictConfig) -> None:
+    """Hydra task function of eval.py (:func:`keel.evaluate.evaluate_checkpoint`): user mistakes
+    print one message and exit 2."""
+    from keel.evaluate import evaluate_checkpoint
+
+    _exit_on_user_error(evaluate_checkpoint, cfg, reraise_in_multirun=False)
+
+
+__all__ = ["eval_main", "export", "export_main", "main", "train"]

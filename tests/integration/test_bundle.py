@@ -375,3 +375,32 @@ def test_evaluate_a_bundle_on_labelled_files_with_torch_unimportable(table_run, 
     proc = _run([*KEEL, "evaluate", str(digits_run / "bundle"), str(tmp_path / "x.npy")], env=env)
     assert proc.returncode == 2
     assert "x.npy: no targets to evaluate against: expected labels (--labels FILE.npy)" in proc.stderr
+
+
+def test_eval_py_tests_a_checkpoint_on_its_split_and_on_a_new_labelled_file(digits_run, table_run, tmp_path):
+    m = json.loads((digits_run / "metrics.json").read_text())
+    proc = _run([sys.executable, "eval.py", f"ckpt_path={m['best_checkpoint']}", f"paths.log_dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (eval_dir,) = (tmp_path / "eval" / "runs").iterdir()
+    rec = json.loads((eval_dir / "metrics.json").read_text())
+    # the same split and weights as the run's own test: the same metrics; nothing trained
+    assert rec["rows"] == 269 and rec["metrics"]["test/acc"] == pytest.approx(m["metrics"]["test/acc"], abs=1e-6)
+    assert len(rec["test_record"]["confusion_matrix"]) == 10
+    assert list((eval_dir / "tensorboard").glob("events.out.tfevents.*")) and not (eval_dir / "checkpoints").exists()
+    assert "keel: evaluation finished (nothing trained)" in proc.stdout
+
+    # a new labelled table file with the same contract: every row, the bad one left out with skip
+    _labelled_breast_cancer(tmp_path / "new.csv", n=100)
+    tm = json.loads((table_run / "metrics.json").read_text())
+    out = tmp_path / "table"
+    proc = _run([sys.executable, "eval.py", f"ckpt_path={tm['best_checkpoint']}", f"file={tmp_path / 'new.csv'}",
+                 "ignore=[patient]", "on_invalid=skip", f"paths.log_dir={out}", "tensorboard=false"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (eval_dir,) = (out / "eval" / "runs").iterdir()
+    rec = json.loads((eval_dir / "metrics.json").read_text())
+    assert rec["rows"] == 99 and rec["rows_invalid"] == 1 and rec["metrics"]["test/acc"] > 0.85
+    assert (eval_dir / "invalid_rows.csv").read_text().splitlines()[1] == '5,"nullable on mean texture"'
+    # without skip the file is refused, naming it, exit 2
+    proc = _run([sys.executable, "eval.py", f"ckpt_path={tm['best_checkpoint']}", f"file={tmp_path / 'new.csv'}",
+                 "ignore=[patient]", f"paths.log_dir={out}"])
+    assert proc.returncode == 2 and "violated in new.csv" in proc.stderr and "Traceback" not in proc.stderr

@@ -69,7 +69,7 @@ def _latency_ms(sess: Any, x: np.ndarray) -> dict[str, float]:
     return {"batch1_ms": latency(sess, x, 1) * 1e3, "batch64_ms": latency(sess, x, 64) * 1e3}
 
 
-def _rebuild(ckpt: dict[str, Any]) -> Any:
+def rebuild_module(ckpt: dict[str, Any]) -> Any:
     """The TaskModule of a loaded checkpoint, from its hyperparameters and weights (the file is
     not read again)."""
     from keel.models import TaskModule
@@ -121,7 +121,7 @@ def export_checkpoint(
             f"{ckpt_path}: trained on contract {section['contract'].get('name')!r}, but the data given for parity "
             f"checks has contract {contract.get('name')!r}. Fix: export with the data the checkpoint was trained on"
         )
-    module = _rebuild(ckpt)
+    module = rebuild_module(ckpt)
     task = module.task
     target = section.get("target")
     model = inference_model(module)

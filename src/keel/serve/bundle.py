@@ -63,28 +63,15 @@ def _subset(data: Any, idx: np.ndarray) -> Any:
     return np.asarray(data)[idx]
 
 
-@dataclass
-class Bundle:
-    """A verified bundle: manifest, contract and an ONNX Runtime session."""
+class ContractInput:
+    """Files checked against a data contract and encoded for the model: what a bundle serves and
+    what ``eval.py`` tests a checkpoint on (``self.contract``: a keel data contract)."""
 
-    root: Path
-    manifest: dict[str, Any]
     contract: Any
-    variant: str = "fp32"
-    _session: Any = field(default=None, repr=False)
 
     @property
     def is_table(self) -> bool:
-        return self.manifest["data"]["contract"].get("kind") == "table"
-
-    @property
-    def session(self) -> Any:
-        if self._session is None:
-            name = self.manifest["models"].get(self.variant)
-            if not name:
-                raise BundleError(f"{self.root}: this bundle has no {self.variant} model")
-            self._session = session(safe_member(self.root, name))
-        return self._session
+        return hasattr(self.contract, "feature_names")  # TableContract; a TensorContract has a sample shape
 
     def read(self, path: str | Path, fmt: str = "auto") -> Any:
         """The rows in ``path`` to predict on: an array from a ``.npy`` file (tensor bundles);
@@ -249,6 +236,34 @@ class Bundle:
             y = self.contract.encode_labels(np.asarray(rows.target)[keep_rows] if not self.is_table
                                             else rows.target.iloc[keep_rows])
         return Encoded(x, y, keep_rows, dict(sorted(invalid.items())))
+
+
+
+class LabelledFile(ContractInput):
+    """A labelled file for a checkpoint's ``contract`` (``eval.py file=...``)."""
+
+    def __init__(self, contract: Any) -> None:
+        self.contract = contract
+
+
+@dataclass
+class Bundle(ContractInput):
+    """A verified bundle: manifest, contract and an ONNX Runtime session."""
+
+    root: Path
+    manifest: dict[str, Any]
+    contract: Any
+    variant: str = "fp32"
+    _session: Any = field(default=None, repr=False)
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            name = self.manifest["models"].get(self.variant)
+            if not name:
+                raise BundleError(f"{self.root}: this bundle has no {self.variant} model")
+            self._session = session(safe_member(self.root, name))
+        return self._session
 
     @property
     def task(self) -> Any:

@@ -489,7 +489,9 @@ def test_a_float_csv_column_without_contract_is_inferred_as_regression(tmp_path,
         dm.setup()
     assert dm.task == "regression" and dm.contract.classes == () and dm.contract.num_classes == 0
     # the range of every row the contract was inferred from: no split fails its own file
-    assert dm.contract.target_range == (float(df["price"].min()), float(df["price"].max()))
+    lo, hi = float(df["price"].min()), float(df["price"].max())
+    # the file's range widened by data.infer_margin (0.1 of the span) on each side
+    assert dm.contract.target_range == pytest.approx((lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)))
     assert all(r.ok for r in dm.reports.values())
     assert dm.split_arrays("train")[1].dtype == np.float32
     assert "task=auto: regression (target 'price' holds non-integer numbers" in caplog.text
@@ -507,7 +509,7 @@ def test_a_table_without_contract_infers_the_task_asked_for(tmp_path):
         dm.setup()
     dm = TableDataModule(path=str(path), target="price", contract=None, task="regression")
     dm.setup()
-    assert dm.task == "regression" and dm.contract.target_range == (0.0, 22.0)
+    assert dm.task == "regression" and dm.contract.target_range == pytest.approx((-2.2, 24.2))  # 0..22, +-10%
     dm = TableDataModule(path=str(path), target="price", contract=None, task="classification")
     dm.setup()
     assert dm.task == "classification" and dm.contract.num_classes == 23

@@ -177,6 +177,8 @@ RULES: tuple[Rule, ...] = (
     Rule("model.net.dropout", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "model.net.dropout=0.1"),
     Rule("model.net.norm", _one_of("auto", "batch", "layer", "none"), "one of: auto (the task's), batch, layer (mlp only), none", "model.net.norm=batch"),
     Rule("model.net.activation", _one_of("relu", "gelu", "silu"), "one of: relu, gelu, silu", "model.net.activation=relu"),
+    Rule("data.infer_margin", _num_in(0, float("inf")), "a number >= 0 (a fraction of each column's span)",
+         "data.infer_margin=0.1"),
     Rule("data.drift.enabled", _one_of(True, False), "true or false", "data.drift.enabled=true"),
     Rule("data.drift.bins", _int_ge(2), "an integer >= 2", "data.drift.bins=10"),
     Rule("data.drift.psi_warn", _num_in(0, float("inf")), "a number >= 0", "data.drift.psi_warn=0.1"),

@@ -348,7 +348,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                           "classification test/acc,test/loss,val/acc_best,val/loss_best; "
                                           "regression test/rmse,test/r2,val/rmse_best,val/loss_best)")
     report.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
-    report.add_argument("--csv", metavar="FILE", help="also write every metric of every job as CSV")
+    report.add_argument("--csv", metavar="FILE",
+                        help="also write every job as CSV: one column per config key that differs between jobs "
+                             "(optimizer, optimizer.lr, ...), then every metric")
     report.set_defaults(func=_sweep_report)
     return parser
 

@@ -140,7 +140,8 @@ def test_grid_sweep_without_a_study_sorts_a_loss_ascending(tmp_path):
          log="[2026-11-22 10:00:00,000][keel][INFO] - start\n[2026-11-22 10:00:01,000][keel][ERROR] - exploded\n")
     r = build_report([sweep])
     assert [row.job for row in r.rows] == ["1", "2", "0", "3"]
-    assert r.direction == "minimize" and r.direction_source == "the metric's name (val/loss_best)"
+    assert r.direction == "minimize" and r.direction_source == "the metric's name"
+    assert "; sorted by val/loss_best, minimize (from the metric's name)\n" in format_terminal(r)
     assert r.rows[-1].status == "failed" and r.rows[-1].note == "exploded"
     assert r.best_command() == "python train.py model.net.dropout=0.1"
 
@@ -158,3 +159,94 @@ def test_cli_writes_files_and_refuses_a_non_sweep_dir(optuna_sweep, tmp_path, ca
     (tmp_path / "empty").mkdir()
     assert main(["sweep", "report", str(tmp_path / "empty")]) == 2
     assert "no job directories" in capsys.readouterr().err
+
+
+OPTIMIZERS = {
+    "adam": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.003, "betas": [0.9, 0.999],
+             "weight_decay": 0.0, "fused": "auto"},
+    "sgd": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9, "nesterov": True,
+            "weight_decay": 0.0005, "fused": "auto"},
+}
+
+
+def _optimizer_job(sweep: Path, num: int, optimizer: str, lr: float, objective: float | None) -> Path:
+    """A job as train.py leaves it: run.json with the resolved config, .hydra/ with the choices,
+    metrics.json with Lightning's LR monitor metrics, named after the optimizer class."""
+    overrides = [f"optimizer={optimizer}", f"optimizer.lr={lr}", "trainer.max_epochs=2", "~callbacks.progress_bar=null"]
+    d = _job(sweep, num, overrides)
+    run_dir = str(d.resolve())
+    config = {"seed": 42, "run_dir": run_dir, "optimizer": {**OPTIMIZERS[optimizer], "lr": lr},
+              "trainer": {"max_epochs": 2, "default_root_dir": run_dir},
+              "paths": {"log_dir": "/tmp/x", "output_dir": run_dir},
+              "model": {"net": {"hidden": [256, 128], "num_classes": 10}}}
+    choices = {"optimizer": optimizer, "model": "mlp", "hydra/launcher": "basic", "hydra/sweeper": "basic"}
+    (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    hydra_config = {**config, "run_dir": "${paths.log_dir}/train/runs/${now:%H}", "paths": {
+        "log_dir": "/tmp/x", "output_dir": "${hydra:runtime.output_dir}"}}
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(hydra_config))
+    if objective is None:  # a job that crashed before keel wrote its record: only .hydra/ is there
+        return d
+    (d / "run.json").write_text(json.dumps({"schema": 1, "status": "finished", "config": config}))
+    cls = OPTIMIZERS[optimizer]["_target_"].rsplit(".", 1)[-1]
+    metrics = {"val/acc_best": objective, f"lr-{cls}/all": lr / 10, f"lr-{cls}-momentum/all": 0.9}
+    (d / "metrics.json").write_text(json.dumps({"metrics": metrics, "objective": objective,
+                                                "optimized_metric": "val/acc_best", "wall_time_s": 3.0}))
+    return d
+
+
+def test_csv_has_one_column_per_parameter_whatever_the_optimizer(tmp_path):
+    """`-m optimizer=adam,sgd optimizer.lr=0.001,0.01`: the learning rate is one column, keys only
+    one optimizer has are empty for the other, and the LR monitor's metrics are not split by class."""
+    sweep = tmp_path / "grid"
+    for num, (opt, lr, obj) in enumerate([("adam", 0.001, 0.80), ("adam", 0.01, 0.90), ("sgd", 0.001, 0.70),
+                                          ("sgd", 0.01, None)]):
+        _optimizer_job(sweep, num, opt, lr, obj)
+    r = build_report([sweep])
+    assert r.params == ["optimizer", "optimizer._target_", "optimizer.betas", "optimizer.lr", "optimizer.momentum",
+                        "optimizer.nesterov", "optimizer.weight_decay"]
+    text = format_csv(r)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    header = text.splitlines()[0].split(",")
+    # one column each; what every job shares (seed, model) and each job's own directory are not parameters
+    assert [h for h in header if "lr" in h] == ["optimizer.lr", "lr-momentum/all", "lr/all"]
+    shared = {"seed", "run_dir", "paths.output_dir", "trainer.default_root_dir", "model", "hydra/launcher"}
+    assert not shared & set(header)
+    by_job = {row["job"]: row for row in rows}
+    assert [by_job[j]["optimizer.lr"] for j in "0123"] == ["0.001", "0.01", "0.001", "0.01"]
+    assert [by_job[j]["optimizer"] for j in "0123"] == ["adam", "adam", "sgd", "sgd"]
+    assert [by_job[j]["optimizer.momentum"] for j in "0123"] == ["", "", "0.9", "0.9"]
+    assert [by_job[j]["optimizer.betas"] for j in "0123"] == ["[0.9,0.999]", "[0.9,0.999]", "", ""]
+    assert [by_job[j]["optimizer.nesterov"] for j in "0123"] == ["", "", "true", "true"]
+    assert [by_job[j]["optimizer.weight_decay"] for j in "0123"] == ["0.0", "0.0", "0.0005", "0.0005"]
+    assert [by_job[j]["lr/all"] for j in "0123"] == ["0.0001", "0.001", "0.0001", ""]
+    # the crashed job's parameters come from .hydra/ (its config.yaml is not resolved: no run_dir)
+    assert by_job["3"]["status"] == "failed" and by_job["3"]["optimizer._target_"] == "torch.optim.SGD"
+    assert by_job["1"]["rank"] == "1" and by_job["1"]["overrides"] == (
+        "optimizer=adam optimizer.lr=0.01 trainer.max_epochs=2 ~callbacks.progress_bar")
+    assert r.best_command() == ("python train.py optimizer=adam optimizer.lr=0.01 trainer.max_epochs=2 "
+                                "'~callbacks.progress_bar'")
+    # the table shows what the sweep changed, as typed
+    assert r.varying_overrides(r.rows[0]) == ["optimizer=adam", "optimizer.lr=0.01"]
+
+
+def test_lr_monitor_names_of_another_class_are_left_as_they_are():
+    from keel.sweep.report import _class_free_lr
+
+    adam, sgd = "torch.optim.Adam", "torch.optim.SGD"
+    assert _class_free_lr({"lr-Adam/all": 1.0, "lr-Adam-1/all": 2.0}, adam) == {"lr/all": 1.0, "lr-1/all": 2.0}
+    # a second optimizer of another class (a GAN's) keeps its name; so does a metric named lr already
+    two = {"lr-SGD": 1.0, "lr": 3.0, "lr-Adam": 2.0}
+    assert _class_free_lr(two, adam) == two
+    assert _class_free_lr({"lr-Adam/all": 1.0}, None) == {"lr-Adam/all": 1.0}
+    assert _class_free_lr({"train/lr-SGD-weight_decay/decay": 1.0}, sgd) == {"train/lr-weight_decay/decay": 1.0}
+    assert _class_free_lr({"val/acc": 1.0, "lr-Adamish": 2.0}, adam) == {"val/acc": 1.0, "lr-Adamish": 2.0}
+
+
+def test_no_finished_job_and_no_study_sorts_by_default(tmp_path):
+    sweep = tmp_path / "crashed"
+    for num in range(2):
+        _job(sweep, num, [f"model.net.dropout={num / 10}"], None)
+    r = build_report([sweep])
+    assert r.metric is None and r.direction_source == "default"
+    assert "jobs: 2 (2 failed); sorted by objective, maximize (by default)\n" in format_terminal(r)
+    assert format_terminal(r).rstrip().endswith("best: no job completed")

@@ -112,11 +112,12 @@ def fast_help(main: Callable[[], Any], args: Sequence[str]) -> str | None:
     a fresh config repository (a deep copy of every loaded config) per group: ~0.8-1.3 s of the
     command on this machine, for a template that here only needs the group listing. For a
     plain ``--help``/``-h`` whose template uses nothing but ``$APP_CONFIG_GROUPS`` and its own
-    ``hydra.help`` keys, this renders the same text from the config directory: every folder
-    under it holding ``*.yaml`` files is a group (except ``hydra``), its options the file stems,
-    as Hydra lists a file-based config directory. tests/unit/test_entry_help.py compares the two.
-    Anything else (overrides after ``--help``, a template showing the config or Hydra's flags,
-    a config layout this does not read) goes to Hydra.
+    ``hydra.help`` keys (those of the ``hydra`` option the primary config picks, following that
+    option's defaults list: conf/hydra/export.yaml builds on default.yaml), this renders the same
+    text from the config directory: every folder under it holding ``*.yaml`` files is a group
+    (except ``hydra``), its options the file stems, as Hydra lists a file-based config directory.
+    tests/unit/test_entry_help.py compares the two. Anything else (overrides after ``--help``, a
+    template showing the config or Hydra's flags, a config layout this does not read) goes to Hydra.
     """
     if list(args) not in HELP_ARGS:
         return None
@@ -139,8 +140,10 @@ def fast_help(main: Callable[[], Any], args: Sequence[str]) -> str | None:
         local = conf / "local"
         if local.is_dir() and any("hydra" in (OmegaConf.load(f) or {}) for f in local.glob("*.yaml")):
             return None
-        hydra_cfg = OmegaConf.load(conf / "hydra" / f"{choices[0]['hydra']}.yaml")
-        help_cfg = OmegaConf.create({"hydra": {"help": hydra_cfg.help}}).hydra.help
+        help_node = _hydra_help_node(conf / "hydra", str(choices[0]["hydra"]), ())
+        if help_node is None:
+            return None
+        help_cfg = OmegaConf.create({"hydra": {"help": help_node}}).hydra.help
         template = str(help_cfg.template)
     except Exception:  # anything unexpected: Hydra's own --help
         return None
@@ -158,6 +161,35 @@ def fast_help(main: Callable[[], Any], args: Sequence[str]) -> str | None:
         return string.Template(template).substitute(APP_CONFIG_GROUPS=listing)
     except (KeyError, ValueError):
         return None
+
+
+def _hydra_help_node(folder: Path, name: str, seen: tuple[str, ...]) -> Any:
+    """The ``help`` node of ``folder/<name>.yaml`` (a config of the ``hydra`` group), merged as
+    Hydra merges it: its defaults list may name other configs of the same group (plain names,
+    e.g. ``- default``, and ``_self_``; without ``_self_`` the file comes last). None for anything
+    else in that list (a subgroup such as ``override help: x``, a cycle): Hydra renders it."""
+    from omegaconf import ListConfig, OmegaConf
+
+    if name in seen or not (folder / f"{name}.yaml").is_file():
+        return None
+    cfg = OmegaConf.load(folder / f"{name}.yaml")
+    defaults = cfg.pop("defaults", [])
+    if not isinstance(defaults, (list, ListConfig)):
+        return None
+    if "_self_" not in defaults:
+        defaults = [*defaults, "_self_"]
+    merged = OmegaConf.create({})
+    for entry in defaults:
+        if not isinstance(entry, str):
+            return None
+        if entry == "_self_":
+            node = cfg.get("help", {})
+        else:
+            node = _hydra_help_node(folder, entry, (*seen, name))
+            if node is None:
+                return None
+        merged = OmegaConf.merge(merged, node)
+    return merged
 
 
 # --- Library reaches ------------------------------------------------------------------------

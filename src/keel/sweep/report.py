@@ -7,6 +7,14 @@ job with ``.hydra/overrides.yaml`` and, when the job finished, ``metrics.json`` 
 without ``metrics.json`` was pruned, crashed or is still running: the Optuna study named in
 ``optuna_study.yaml`` (written by the ``keel_optuna`` sweeper) says which; without a study the
 job's log is read (the pruning callback logs ``pruned at epoch N``).
+
+A job's parameters (the CSV's columns beside its metrics) are its resolved config
+(``run.json``'s ``config``, else ``.hydra/config.yaml``) as dotted keys plus the option of each
+config group (``.hydra/hydra.yaml``), else its overrides: ``optimizer.lr`` is one column whatever
+the optimizer, a key only some options have (``optimizer.momentum``) is empty where it does not
+apply. Only keys whose values differ between jobs are columns. Lightning's LR monitor names its
+metrics after the optimizer class (``lr-Adam/all``, ``lr-SGD-momentum/all``); they are read as
+``lr/all``, ``lr-momentum/all`` so that one metric is one column across optimizers.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ class JobRow:
     trial: int | None = None
     note: str = ""
     rank: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +83,7 @@ class SweepReport:
     columns: list[str]
     study: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)  # the parameters that differ between jobs (CSV columns)
 
     @property
     def best(self) -> JobRow | None:
@@ -104,8 +114,10 @@ def _key(override: str) -> str:
 
 
 def _shown(overrides: Sequence[str]) -> list[str]:
-    """Overrides without the pruning callback the sweeper adds (it names a study trial)."""
-    return [o for o in overrides if not _key(o).startswith(PRUNING_KEY)]
+    """Overrides without the pruning callback the sweeper adds (it names a study trial); a delete
+    as typed (Hydra's sweepers record ``~key`` as ``~key=null``, which means the same)."""
+    return [o.removesuffix("=null") if o.startswith("~") else o for o in overrides
+            if not _key(o).startswith(PRUNING_KEY)]
 
 
 def _finite(v: Any) -> bool:
@@ -117,11 +129,102 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~8x faster on a job's config
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except (OSError, yaml.YAMLError):
         return None
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.01}}`` -> ``{"optimizer.lr": 0.01}``; lists are values."""
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _job_params(job_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """The job's parameters (see the module doc); an unresolved interpolation (``.hydra/config.yaml``
+    of a job that never started) is not a value."""
+    record = None
+    try:
+        record = json.loads((job_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict):
+        config = _read_yaml(job_dir / ".hydra" / "config.yaml")
+    if not isinstance(config, dict):
+        return _override_params(overrides)
+    params = {k: v for k, v in _flat(config).items() if not (isinstance(v, str) and "${" in v)}
+    choices: Any = _read_yaml(job_dir / ".hydra" / "hydra.yaml")
+    for key in ("hydra", "runtime", "choices"):
+        choices = choices.get(key) if isinstance(choices, dict) else None
+    for group, option in (choices or {}).items():
+        if not str(group).startswith("hydra"):  # hydra/launcher, hydra/sweeper...: how, not what
+            params.setdefault(str(group), option)
+    return params
+
+
+def _override_params(overrides: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` overrides as parameters (the values as typed): for a trial without a job."""
+    out: dict[str, Any] = {}
+    for o in _shown(overrides):
+        key, sep, value = o.partition("=")
+        if sep and not key.startswith("~"):
+            out[key.lstrip("+").split("@", 1)[0]] = value
+    return out
+
+
+# lr-<class>[-<n>][-momentum|-weight_decay][/<param group>], maybe under a logger's prefix (train/)
+_LR_MONITOR = re.compile(r"(?P<pre>(?:[^/]+/)*)lr-(?P<cls>[A-Za-z_]\w*)(?P<rest>[-/].*)?")
+
+
+def _class_free_lr(metrics: dict[str, float], optimizer_target: Any) -> dict[str, float]:
+    """Lightning's LR monitor metrics of the job's optimizer without its class name
+    (``lr-Adam/all`` -> ``lr/all``), so that one metric is one column across optimizers."""
+    cls = str(optimizer_target).rsplit(".", 1)[-1] if optimizer_target else None
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        m = _LR_MONITOR.fullmatch(name)
+        plain = f"{m.group('pre')}lr{m.group('rest') or ''}" if m and m.group("cls") == cls else name
+        out[plain if plain not in metrics else name] = value
+    return out
+
+
+def _param_columns(rows: Sequence[JobRow]) -> list[str]:
+    """The parameters whose values differ between the rows (absent counts as a value), less those
+    naming the job's own directory (``run_dir``, ``paths.output_dir``: different by design)."""
+    keys = sorted({k for r in rows for k in r.params})
+    own = set()
+    for r in rows:
+        if r.path is None:
+            continue
+        here = str(r.path.resolve())
+        own |= {k for k, v in r.params.items() if isinstance(v, str) and here in v}
+    with_params = [r for r in rows if r.params]
+    return [k for k in keys if k not in own and k.split(".", 1)[0] != "hydra"
+            and not k.startswith(PRUNING_KEY)
+            and len({_param_text(r.params.get(k, _ABSENT)) for r in with_params}) > 1]
+
+
+_ABSENT = object()
+
+
+def _param_text(v: Any) -> str:
+    """A parameter as a CSV cell, written as an override's value (``[256,128]``, ``true``, ``null``);
+    empty when the job has no such key."""
+    if v is _ABSENT:
+        return ""
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, separators=(",", ":"))
 
 
 def _log_info(job_dir: Path) -> tuple[str | None, str, float | None]:
@@ -215,6 +318,7 @@ def _rows_of(sweep_dir: Path, label: str, notes: list[str]) -> tuple[list[JobRow
         trial = trials.get(num)
         row = JobRow(job=f"{label}{job_dir.name}", path=job_dir, status="failed", overrides=[str(o) for o in overrides],
                      trial=trial.number if trial is not None else None)
+        row.params = _job_params(job_dir, row.overrides)
         metrics_file = job_dir / "metrics.json"
         if metrics_file.is_file():
             try:
@@ -223,7 +327,8 @@ def _rows_of(sweep_dir: Path, label: str, notes: list[str]) -> tuple[list[JobRow
                 row.note = f"unreadable metrics.json: {e}"
             else:
                 row.status = "complete"
-                row.metrics = {k: float(v) for k, v in (m.get("metrics") or {}).items() if _finite(v)}
+                row.metrics = _class_free_lr({k: float(v) for k, v in (m.get("metrics") or {}).items() if _finite(v)},
+                                             row.params.get("optimizer._target_"))
                 row.objective = m.get("objective")
                 row.optimized_metric = m.get("optimized_metric")
                 row.task = str(m.get("task") or DEFAULT_TASK)
@@ -242,8 +347,9 @@ def _rows_of(sweep_dir: Path, label: str, notes: list[str]) -> tuple[list[JobRow
         rows.append(row)
     for t in trials.get(None, []):
         status, note = _trial_status(t)
-        rows.append(JobRow(job="-", path=None, status=status, overrides=list(t.user_attrs.get("overrides") or []),
-                           trial=t.number, note=note or "never launched"))
+        overrides = [str(o) for o in t.user_attrs.get("overrides") or []]
+        rows.append(JobRow(job="-", path=None, status=status, overrides=overrides, trial=t.number,
+                           note=note or "never launched", params=_override_params(overrides)))
     return rows, record, study
 
 
@@ -283,7 +389,7 @@ def build_report(sweep_dirs: Sequence[str | Path], direction: str | None = None,
     elif record and record.get("direction"):
         direction, source = record["direction"], "the study record"
     elif metric:
-        direction, source = metric_direction(metric), f"the metric's name ({metric})"
+        direction, source = metric_direction(metric), "the metric's name"
     else:
         direction, source = "maximize", "default"
     sign = -1.0 if direction == "maximize" else 1.0
@@ -297,7 +403,7 @@ def build_report(sweep_dirs: Sequence[str | Path], direction: str | None = None,
         r.rank = i
     wanted = list(metrics) if metrics else [m for m in default_metrics(rows) if any(m in r.metrics for r in rows)]
     columns = [m for m in wanted if m != metric]
-    return SweepReport(dirs, rows, metric, direction, source, columns, record, notes)
+    return SweepReport(dirs, rows, metric, direction, source, columns, record, notes, _param_columns(rows))
 
 
 def default_metrics(rows: Sequence[JobRow]) -> list[str]:
@@ -346,9 +452,10 @@ def _table(report: SweepReport, max_note: int | None) -> tuple[list[str], list[l
 
 def _summary_lines(report: SweepReport) -> list[str]:
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items())
+    why = "by default" if report.direction_source == "default" else f"from {report.direction_source}"
     lines = [f"sweep: {', '.join(str(d) for d in report.sweep_dirs)}",
-             f"jobs: {len(report.rows)} ({counts}); sorted by {report.metric or 'objective'}, "
-             f"{report.direction} (from {report.direction_source})"]
+             f"jobs: {len(report.rows)} ({counts}); sorted by {report.metric or 'objective'}, {report.direction} "
+             f"({why})"]
     if report.study:
         lines.append(f"study: {report.study['study_name']} in {report.study['storage']}")
     lines += [f"note: {n}" for n in report.notes]
@@ -394,15 +501,18 @@ def format_markdown(report: SweepReport) -> str:
 
 
 def format_csv(report: SweepReport) -> str:
-    """Every metric of every job (not only the table's columns), one row per job."""
-    names = sorted({k for r in report.rows for k in r.metrics})
+    """One row per job: the parameters that differ between jobs (:attr:`SweepReport.params`, empty
+    where a job has no such key) and every metric (not only the table's columns)."""
+    names = sorted({k for r in report.rows for k in r.metrics} - set(report.params))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["rank", "job", "status", "trial", "optimized_metric", "objective", *names, "duration_s", "overrides",
-                "note", "path"])
+    w.writerow(["rank", "job", "status", "trial", "optimized_metric", "objective", *report.params, *names,
+                "duration_s", "overrides", "note", "path"])
     for r in report.rows:
         w.writerow([r.rank, r.job, r.status, "" if r.trial is None else r.trial, report.metric or "",
-                    "" if r.objective is None else r.objective, *(r.metrics.get(n, "") for n in names),
+                    "" if r.objective is None else r.objective,
+                    *(_param_text(r.params.get(k, _ABSENT)) for k in report.params),
+                    *(r.metrics.get(n, "") for n in names),
                     "" if r.duration_s is None else round(r.duration_s, 3), " ".join(_shown(r.overrides)), r.note,
                     r.path or ""])
     return buf.getvalue()

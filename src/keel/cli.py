@@ -122,7 +122,7 @@ def _drift(args: argparse.Namespace) -> int:
 
     thresholds = DriftThresholds.from_dict(
         {k: v for k, v in {"psi_warn": args.psi_warn, "psi_alert": args.psi_alert, "js_warn": args.js_warn,
-                           "js_alert": args.js_alert}.items() if v is not None}
+                           "js_alert": args.js_alert, "alpha": args.alpha}.items() if v is not None}
     )
     reference, contract = _reference_from(args.reference, args.target, args.format)
     columns, _, _ = _columns_of(args.current, args.target, args.format, contract)
@@ -284,13 +284,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("--json", help="also write the full report to this file")
     check.set_defaults(func=_contract_check)
 
-    drift = sub.add_parser("drift", help="compare a file with a reference; exit 1 on alert")
+    drift = sub.add_parser("drift", help="compare a file with a reference; exit 1 on alert (beyond sampling noise)")
     drift.add_argument("reference", help="CSV/Parquet file, keel checkpoint (.ckpt) or bundle directory")
     drift.add_argument("current", help="CSV/Parquet file (tables) or .npy array (tensors)")
     drift.add_argument("--target", help="label column (excluded from the features)")
     drift.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])
     for name in ("psi-warn", "psi-alert", "js-warn", "js-alert"):
         drift.add_argument(f"--{name}", type=float)
+    drift.add_argument("--alpha", type=float, help="significance level of the noise test (default 0.01): a "
+                       "feature alerts only when its BH-adjusted p-value is below it")
     drift.add_argument("--json", help="also write the full report to this file")
     drift.set_defaults(func=_drift)
 

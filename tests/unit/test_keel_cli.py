@@ -93,6 +93,7 @@ def test_drift_exit_status_follows_the_alert_threshold(tmp_path, ref, capsys):
     data = json.loads(report.read_text())
     feats = data["splits"]["current"]["features"]
     assert feats["x"]["status"] == "alert" and feats["x"]["psi"] > 0.25
+    assert feats["x"]["significant"] and feats["x"]["p_adjusted"] < data["thresholds"]["alpha"]
     assert feats["kind"]["status"] == "alert" and feats["kind"]["kind"] == "categorical"
     assert "label" not in feats  # the label column is not a feature
     assert data["status"] == "alert"

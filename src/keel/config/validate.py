@@ -186,6 +186,8 @@ RULES: tuple[Rule, ...] = (
     Rule("data.drift.js_warn", _num_in(0, 1), "a number in [0, 1]", "data.drift.js_warn=0.05"),
     Rule("data.drift.js_alert", _num_in(0, 1), "a number in [0, 1]", "data.drift.js_alert=0.1"),
     Rule("data.drift.epsilon", _num_in(0, 1, lo_open=True), "a number in (0, 1]", "data.drift.epsilon=0.0001"),
+    Rule("data.drift.alpha", _num_in(0, 1, lo_open=True, hi_open=True),
+         "a significance level in (0, 1) (the noise test's: lower, fewer false alarms)", "data.drift.alpha=0.01"),
     Rule("callbacks.early_stopping.patience", _int_ge(0), "an integer >= 0 (epochs)", "callbacks.early_stopping.patience=6"),
     Rule("callbacks.early_stopping.min_delta", _num_in(0, float("inf")), "a number >= 0", "callbacks.early_stopping.min_delta=0.0"),
     Rule("callbacks.progress_bar.refresh_rate", _int_ge(0), "an integer >= 0 (0 hides the bar)", "callbacks.progress_bar.refresh_rate=10"),

@@ -314,12 +314,13 @@ class InMemoryDataModule(L.LightningDataModule):
             if summary["n_alert"] or leak or target_alert:
                 psi = target["psi"] if target is not None else None
                 log.warning(
-                    "drift train->%s: %d features alert (PSI >= %g), %d warn (PSI from sampling noise alone at "
-                    "these sizes: ~%.3f); %d rows also in train (leakage)"
-                    + ("; target %s (PSI %s)" if target is not None else ""),
-                    split, summary["n_alert"], self.drift_thresholds.psi_alert, summary["n_warn"],
-                    summary["psi_noise_floor"], leak,
-                    *((target["status"], "n/a" if psi is None else f"{psi:.3f}") if target is not None else ()),
+                    "drift train->%s: %d features alert, %d warn (noise PSI at these sizes ~%.3f; alert needs PSI >= "
+                    "%g and p < %g, BH-adjusted; %d features not testable at these sizes); %d rows also in train "
+                    "(leakage)" + ("; target %s (PSI %s, p %s)" if target is not None else ""),
+                    split, summary["n_alert"], summary["n_warn"], summary["psi_noise_floor"],
+                    self.drift_thresholds.psi_alert, self.drift_thresholds.alpha, summary["n_untestable"], leak,
+                    *((target["status"], "n/a" if psi is None else f"{psi:.3f}",
+                       "n/a" if target["p_value"] is None else f"{target['p_value']:.2g}") if target is not None else ()),
                 )
 
     # ------------------------------------------------------------------ what the model needs

@@ -13,7 +13,7 @@ stopping off.
 
 1. ``trainer.devices=1`` vs ``trainer.devices=2`` (Lightning's DDP, gloo, two processes that
    share this machine's cores; keel picks each process's thread count) on the same table of
-   ``--ddp-rows`` rows, R runs each, alternating. ``samples/s`` is ``perf/train_samples_per_s``
+   ``--ddp-rows`` rows, R runs each, alternating. ``samples/s`` is ``train/samples_per_s``
    (training rows of the whole job per second, validation excluded) of the median epoch after
    the first, median over the runs; ``wall s`` is the whole command (start-up, setup, training,
    validation, test); ``run s`` is the run's own ``wall_time_s`` (metrics.json).
@@ -89,9 +89,9 @@ def train(table: Path, rows: int, devices: int, epochs: int, run_dir: Path) -> R
         raise RuntimeError(f"bench: {' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     record = json.loads((run_dir / "metrics.json").read_text())
     with open(run_dir / "csv" / "metrics.csv", newline="") as f:
-        rates = [float(r["perf/train_samples_per_s"]) for r in csv.DictReader(f) if r.get("perf/train_samples_per_s")]
+        rates = [float(r["train/samples_per_s"]) for r in csv.DictReader(f) if r.get("train/samples_per_s")]
     if len(rates) != epochs:
-        raise RuntimeError(f"bench: {run_dir}/csv/metrics.csv holds {len(rates)} perf/train_samples_per_s rows for "
+        raise RuntimeError(f"bench: {run_dir}/csv/metrics.csv holds {len(rates)} train/samples_per_s rows for "
                            f"{epochs} epochs")
     steady = rates[1:] or rates
     return Run(rows, wall, float(record["wall_time_s"]), statistics.median(steady),
@@ -120,7 +120,7 @@ def report_devices(runs: dict[int, list[Run]], rows: int, epochs: int, repeat: i
         run = statistics.median(r.run_s for r in rs)
         print(f"  {devices:>7} {rs[0].world_size:>5} {sps:>10,.0f} {sps / base:>11.2f} {wall:>7.1f} {run:>7.1f} "
               f"{wall - run:>10.1f}")
-    print(f"  samples/s: perf/train_samples_per_s of the median epoch after the first (the whole job, validation "
+    print(f"  samples/s: train/samples_per_s of the median epoch after the first (the whole job, validation "
           f"excluded); start-up s: wall s - run s (interpreter, imports, Hydra composition; devices=2 also starts "
           f"its child process inside run s). Threads per process: keel's choice ({os.cpu_count()} cores / devices)")
     return statistics.median(r.samples_per_s for r in runs[2]) / base

@@ -42,3 +42,16 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def _tensorboard_run(run_dir: Path) -> Path:
+    """The one TensorBoard run of a keel run directory: ``<run>/tensorboard/<run name>``."""
+    runs = [p for p in (Path(run_dir) / "tensorboard").iterdir() if p.is_dir()]
+    assert len(runs) == 1, f"expected one TensorBoard run under {run_dir}/tensorboard, got {runs}"
+    return runs[0]
+
+
+@pytest.fixture
+def tensorboard_run() -> Callable[[Path], Path]:
+    """``tensorboard_run(run_dir)``: the run's TensorBoard folder (keel.loggers.TensorBoardLogger)."""
+    return _tensorboard_run

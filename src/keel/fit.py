@@ -108,7 +108,11 @@ class _DropAdverts(logging.Filter):
 
 
 def route_lightning_logs() -> None:
-    """Send Lightning's messages through Hydra's handlers once (console + run log), not twice."""
+    """Send Lightning's messages through Hydra's handlers once (console filter + run log, see
+    :mod:`keel.run.console`), not twice; silence the library warnings a run is known to raise."""
+    from keel.run.console import quiet_known_warnings
+
+    quiet_known_warnings()
     if not logging.getLogger().handlers:
         return
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -192,33 +196,41 @@ def write_data_reports(output_dir: Path, datamodule: Any) -> None:
         write_json_atomic(out / "drift_report.json", drift)
 
 
-def log_data_reports(loggers: list[Any], datamodule: Any, max_features: int = 64) -> None:
-    """Drift and leakage to TensorBoard: per split summaries, label shift, leakage counts and
-    per-feature PSI/JS (raw values, not only alerts) for up to ``max_features`` features."""
+def log_data_reports(loggers: list[Any], datamodule: Any) -> None:
+    """Drift and leakage to TensorBoard, where many features read well: per split (``val``,
+    ``test``) a Markdown table of the features (Text tab, ``<split>/drift``), a histogram of the
+    features' PSI (``<split>/drift_feature_psi``) and three summary scalars under the split's own
+    group (``<split>/drift_psi_max``, ``<split>/drift_features_alert``, ``<split>/drift_label_js``
+    or ``<split>/drift_target_psi``); the data report (rows dropped, leakage) as text
+    (``data/report``). No card per feature: the full report is ``<run>/data/drift_report.json``."""
+    import numpy as np
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from keel.loggers.tensorboard import drift_table, feature_statistics
+
     drift = getattr(datamodule, "drift", None)  # optional (keel.data.protocol)
+    dropped = (getattr(datamodule, "dropped", None) or {}).get("total", 0)
     for lg in loggers:
-        if not isinstance(lg, TensorBoardLogger) or not drift:
+        if not isinstance(lg, TensorBoardLogger):
             continue
         w = lg.experiment
-        for split, r in drift["splits"].items():
+        lines = [f"rows dropped by the contract (data.on_violation=drop): {dropped}"]
+        for split, r in (drift or {}).get("splits", {}).items():
             summary = r["summary"]
-            w.add_scalar(f"drift/{split}/psi_max", summary["max_psi"], 0)
-            w.add_scalar(f"drift/{split}/psi_mean", summary["mean_psi"], 0)
-            w.add_scalar(f"drift/{split}/features_warn", summary["n_warn"], 0)
-            w.add_scalar(f"drift/{split}/features_alert", summary["n_alert"], 0)
-            if r.get("labels"):
-                w.add_scalar(f"drift/{split}/label_js", r["labels"]["js"], 0)
+            if summary.get("max_psi") is not None:
+                w.add_scalar(f"{split}/drift_psi_max", summary["max_psi"], 0)
+            w.add_scalar(f"{split}/drift_features_alert", summary["n_alert"], 0)
+            if r.get("labels") and r["labels"].get("js") is not None:
+                w.add_scalar(f"{split}/drift_label_js", r["labels"]["js"], 0)
             if r.get("target") and r["target"].get("psi") is not None:
-                w.add_scalar(f"drift/{split}/target_psi", r["target"]["psi"], 0)
+                w.add_scalar(f"{split}/drift_target_psi", r["target"]["psi"], 0)
+            values = feature_statistics(r)
+            if values:
+                w.add_histogram(f"{split}/drift_feature_psi", np.asarray(values), 0)
+            w.add_text(f"{split}/drift", drift_table(split, r), 0)
             if r.get("leakage"):
-                w.add_scalar(f"drift/{split}/leaked_rows", r["leakage"]["count"], 0)
-            for name, f in list(r["features"].items())[:max_features]:
-                value = f["psi"] if f["kind"] == "numeric" else f["js"]
-                w.add_scalar(f"drift_features/{split}/{name}", value, 0)
-        dropped = (getattr(datamodule, "dropped", None) or {}).get("total", 0)
-        w.add_scalar("data/dropped_rows", dropped, 0)
+                lines.append(f"{split}: {r['leakage']['count']} rows also in train")
+        w.add_text("data/report", "  \n".join(lines), 0)
 
 
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -270,7 +282,43 @@ def _run_callbacks(cfg: DictConfig, run_config: dict[str, Any], loggers: list[An
     return _RunCallbacks(callbacks, exporter, quantizer, ckpt_cb, latest_cb)
 
 
-def _run_loggers(cfg: DictConfig, plan: Any, continued: bool) -> list[Any]:
+def _tensorboard_run_name(root: Path, output_dir: Path, continued: bool) -> str:
+    """``version: auto``: the run's readable name (keel.loggers.run_name); a continued run keeps
+    the name its TensorBoard folder already has."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from keel.loggers import run_name
+
+    existing = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if continued and len(existing) == 1:
+        return existing[0]
+    if not HydraConfig.initialized():
+        return output_dir.name
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    job_num = None
+    if hc.mode == RunMode.MULTIRUN:
+        job_num = hc.job.num
+        overrides = _swept_overrides(Path(hc.sweep.dir), overrides)
+    return run_name(output_dir, overrides, dict(hc.runtime.choices), job_num)
+
+
+def _swept_overrides(sweep_dir: Path, overrides: list[str]) -> list[str]:
+    """A sweep job's overrides less those every job of the sweep shares (the command line's
+    plain ``key=value`` ones, in the sweep's multirun.yaml): what tells its jobs apart."""
+    import yaml
+
+    try:
+        shared = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return overrides
+    # a value with sweep syntax (a,b / range() / choice() / interval()) varies between jobs
+    constant = {o for o in shared or [] if not any(c in o.split("=", 1)[-1] for c in ",()")}
+    return [o for o in overrides if o not in constant]
+
+
+def _run_loggers(cfg: DictConfig, plan: Any, continued: bool, output_dir: Path) -> list[Any]:
     """``cfg.logger``; TensorBoard continues the same run on a resume in place."""
     from keel.distributed import is_fsdp
 
@@ -281,11 +329,14 @@ def _run_loggers(cfg: DictConfig, plan: Any, continued: bool) -> list[Any]:
         # logged at N by both attempts shows twice, with the same value). The graph is there already.
         if not str(node.get("_target_", "")).endswith("TensorBoardLogger"):
             return {}
+        kwargs: dict[str, Any] = {}
+        if node.get("version") == "auto":
+            kwargs["version"] = _tensorboard_run_name(Path(str(node.save_dir)) / str(node.name), output_dir, continued)
         if continued:
-            return {"purge_step": plan.start_step + 1, "log_graph": False}
+            return {**kwargs, "purge_step": plan.start_step + 1, "log_graph": False}
         if is_fsdp(cfg.trainer.get("strategy")):  # torch.jit.trace (the Graphs tab) cannot trace FSDP units
-            return {"log_graph": False}
-        return {}
+            kwargs["log_graph"] = False
+        return kwargs
 
     return instantiate_group(cfg.get("logger"), "logger", kwargs_for=logger_kwargs)
 
@@ -320,9 +371,10 @@ def _build_trainer(cfg: DictConfig, datamodule: Any, run: _RunCallbacks, loggers
 
 
 def _fit_then_test(trainer: Any, model: Any, datamodule: Any, plan: Any, continued: bool,
-                   ckpt_cb: Any) -> tuple[dict[str, Any], dict[str, Any], str, bool]:
+                   run: _RunCallbacks) -> tuple[dict[str, Any], dict[str, Any], str, str | None, bool]:
     """Fit (from the plan's checkpoint), then test the best checkpoint (or the final weights).
-    Returns (fit metrics, test metrics, best checkpoint path or "", stopped early)."""
+    Returns (fit metrics, test metrics, best checkpoint path or "", last checkpoint path or None,
+    stopped early)."""
     from keel import gc_phases
 
     with warnings.catch_warnings():
@@ -338,7 +390,12 @@ def _fit_then_test(trainer: Any, model: Any, datamodule: Any, plan: Any, continu
     fit_metrics = dict(trainer.callback_metrics)
     # read before testing: testing the best checkpoint restores the callbacks' state as saved then
     stopped_early = bool(getattr(trainer.early_stopping_callback, "stopped_epoch", 0))
+    ckpt_cb = run.checkpoint
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    # likewise: a best checkpoint from epoch 0 was saved before last.ckpt existed, and restores
+    # the last-checkpoint writer's state from then (no path)
+    last = (run.latest.best_model_path if run.latest is not None
+            else getattr(ckpt_cb, "last_model_path", None)) or None
     # testing (and the export after it) imports and runs the ONNX exporter: its imports would
     # again set off full collections (keel.gc_phases); settled when the job has ended
     gc_phases.pause()
@@ -347,7 +404,7 @@ def _fit_then_test(trainer: Any, model: Any, datamodule: Any, plan: Any, continu
     else:
         log.info("no best checkpoint (callbacks without model_checkpoint): testing the final weights")
         trainer.test(model, datamodule=datamodule, verbose=False)
-    return fit_metrics, dict(trainer.callback_metrics), best, stopped_early
+    return fit_metrics, dict(trainer.callback_metrics), best, last, stopped_early
 
 
 def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Callable[[dict], None],
@@ -391,7 +448,7 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
         check_resumable(plan.checkpoint, dict(model.hparams.net), datamodule.contract.to_dict())
     continued = plan.checkpoint is not None and plan.same_run  # this run, continued in its own directory
 
-    loggers = _run_loggers(cfg, plan, continued)
+    loggers = _run_loggers(cfg, plan, continued, output_dir)
     run = _run_callbacks(cfg, run_config, loggers, output_dir, signals)
     trainer = _build_trainer(cfg, datamodule, run, loggers)
     if trainer.is_global_zero and not continued:  # a continued run logged them when it started
@@ -400,8 +457,8 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
     # start-up is over: what exists now is never traversed by a collection again (keel.gc_phases)
     gc_phases.settle()
     with hydra_ddp_relaunch(str(output_dir)):
-        fit_metrics, test_metrics, best, stopped_early = _fit_then_test(
-            trainer, model, datamodule, plan, continued, run.checkpoint)
+        fit_metrics, test_metrics, best, last, stopped_early = _fit_then_test(
+            trainer, model, datamodule, plan, continued, run)
 
     metrics = _plain_metrics({**fit_metrics, **{k: v for k, v in test_metrics.items() if k.startswith("test/")}})
     if cfg.optimized_metric is not None and cfg.optimized_metric not in metrics:
@@ -413,10 +470,6 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
     if trainer.is_global_zero and (run.exporter is not None or run.quantizer is not None):
         bundle = export_bundle(run.exporter, run.quantizer, best if not trainer.fast_dev_run else "", datamodule,
                                run_config, {k: v for k, v in metrics.items() if k.startswith("test/")})
-    last = (run.latest.best_model_path if run.latest is not None
-            else getattr(run.checkpoint, "last_model_path", None)) or None
-    if last is None and (output_dir / "checkpoints" / "last.ckpt").is_file() and run.checkpoint is not None:
-        last = str(output_dir / "checkpoints" / "last.ckpt")
     return FitResult(
         task=model.task.name,
         metrics=metrics,

@@ -93,7 +93,7 @@ def test_drop_mode_writes_the_full_report(tmp_path):
     assert sum(report["split_sizes"].values()) == 397
 
 
-def test_breast_cancer_reports_auroc_and_drift_in_tensorboard(tmp_path):
+def test_breast_cancer_reports_auroc_and_drift_in_tensorboard(tmp_path, tensorboard_run):
     proc, run = _train(tmp_path, "data=breast_cancer")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())["metrics"]
@@ -105,8 +105,17 @@ def test_breast_cancer_reports_auroc_and_drift_in_tensorboard(tmp_path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(tensorboard_run(run)), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"drift/val/psi_max", "drift/test/label_js", "drift/test/leaked_rows", "test/auroc"} <= tags
-    assert "drift_features/val/mean radius" in tags
+    assert {"val/drift_psi_max", "test/drift_label_js", "test/drift_features_alert", "test/auroc"} <= tags
+    # per-feature values as one table per split and one histogram, never a scalar card each
+    assert {t.split("/")[0] for t in tags} <= {"train", "val", "test"}, sorted(tags)
+    assert len([t for t in tags if "drift" in t]) <= 8
+    table = tensor_util.make_ndarray(acc.Tensors("val/drift/text_summary")[0].tensor_proto).item().decode()
+    assert "| mean radius | numeric | PSI |" in table and "noise bound" in table
+    assert "val/drift_feature_psi" in acc.Tags()["histograms"]
+    report = tensor_util.make_ndarray(acc.Tensors("data/report/text_summary")[0].tensor_proto).item().decode()
+    assert "test: 0 rows also in train" in report

@@ -118,7 +118,8 @@ def test_sigterm_records_an_interrupted_run_and_exits_non_zero(tmp_path):
     assert saved["epoch"] == 1 and 0 < saved["keel_preempted"]["batches_done"] < 20
 
 
-def test_auto_resume_skips_a_torn_checkpoint_and_continues_the_same_tensorboard_run(compose_cfg, caplog):
+def test_auto_resume_skips_a_torn_checkpoint_and_continues_the_same_tensorboard_run(compose_cfg, caplog,
+                                                                                     tensorboard_run):
     """A finished run extended by more epochs, after its last.ckpt got truncated."""
     first = compose_cfg("debug=limit", "trainer.max_epochs=2", "callbacks=training", "logger=tensorboard",
                         "callbacks.progress_bar.refresh_rate=0", "monitor.metric=val/loss", "monitor.mode=min")
@@ -143,8 +144,8 @@ def test_auto_resume_skips_a_torn_checkpoint_and_continues_the_same_tensorboard_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert [p.name for p in out.iterdir() if p.name.startswith("tensorboard")] == ["tensorboard"]
-    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) >= 2  # one TensorBoard run, two writers
-    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    assert len(list(tensorboard_run(out).glob("events.out.tfevents.*"))) >= 2  # one TensorBoard run, two writers
+    acc = EventAccumulator(str(tensorboard_run(out)), size_guidance={"scalars": 0})
     acc.Reload()
     steps = [e.step for e in acc.Scalars("val/loss")]
     assert steps == sorted(set(steps)) and len(steps) == 4, steps  # every epoch once, in order

@@ -82,7 +82,7 @@ def _records(directory: Path) -> dict[int, list[dict]]:
     return out
 
 
-def test_torchrun_two_nodes_one_run(tmp_path):
+def test_torchrun_two_nodes_one_run(tmp_path, tensorboard_run):
     out, hook, record = tmp_path / "out", tmp_path / "hook", tmp_path / "record"
     hook.mkdir()
     record.mkdir()
@@ -118,7 +118,7 @@ def test_torchrun_two_nodes_one_run(tmp_path):
     assert [p.parent.parent for p in out.rglob("manifest.json")] == [run]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in (run / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
-    writers = {p.name.split(".")[-2] for p in (run / "tensorboard").glob("events.out.tfevents.*")}
+    writers = {p.name.split(".")[-2] for p in tensorboard_run(run).glob("events.out.tfevents.*")}
     assert len(writers) == 1, f"more than one process wrote TensorBoard events: {writers}"
     m = json.loads((run / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["bundle"]["parity"]["ok"]

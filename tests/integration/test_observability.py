@@ -25,7 +25,8 @@ def _train_py(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess
 def _events(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir / "tensorboard"),
+    (run,) = [p for p in (run_dir / "tensorboard").iterdir() if p.is_dir()]  # <run>/tensorboard/<run name>
+    acc = EventAccumulator(str(run),
                            size_guidance={"scalars": 0, "images": 0, "tensors": 0, "histograms": 0})
     acc.Reload()
     return acc
@@ -119,14 +120,14 @@ def test_tensorboard_views_and_throughput(compose_cfg):
     assert len(acc.Histograms("grads/net.layers.1.weight")) == 2
 
     # throughput every epoch, over the same time: samples / steps = train rows per optimizer step
-    samples = acc.Scalars("perf/train_samples_per_s")
-    steps = acc.Scalars("perf/train_steps_per_s")
+    samples = acc.Scalars("train/samples_per_s")
+    steps = acc.Scalars("train/steps_per_s")
     assert [e.step for e in samples] == [steps_per_epoch, 2 * steps_per_epoch]
     for s, t in zip(samples, steps):
         assert s.value > 0 and s.value / t.value == pytest.approx(m["split_sizes"]["train"] / steps_per_epoch, rel=1e-5)
-    assert len(acc.Scalars("perf/val_samples_per_s")) == 2
+    assert len(acc.Scalars("val/samples_per_s")) == 2
     # ... and not in the run's metrics, which stay identical for identical seeds
-    assert not [k for k in m["metrics"] if k.startswith("perf/")]
+    assert not [k for k in m["metrics"] if k.endswith("_per_s")]
 
 
 def test_views_off_without_tensorboard_and_throughput_in_csv(compose_cfg):
@@ -135,7 +136,7 @@ def test_views_off_without_tensorboard_and_throughput_in_csv(compose_cfg):
     out = Path(cfg.paths.output_dir)
     assert not (out / "tensorboard").exists()
     header = (out / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"perf/train_samples_per_s", "perf/train_steps_per_s", "perf/val_samples_per_s"} <= set(header)
+    assert {"train/samples_per_s", "train/steps_per_s", "val/samples_per_s"} <= set(header)
 
 
 def test_views_gather_every_test_row_under_ddp(tmp_path):
@@ -148,7 +149,7 @@ def test_views_gather_every_test_row_under_ddp(tmp_path):
     # each process saw half of the test rows; the curves cover both halves exactly once
     assert _pr_totals(acc, "test/pr_curve/0") == m["split_sizes"]["test"]
     assert len(acc.Images("val/confusion_matrix")) == 1
-    samples, steps = acc.Scalars("perf/train_samples_per_s"), acc.Scalars("perf/train_steps_per_s")
+    samples, steps = acc.Scalars("train/samples_per_s"), acc.Scalars("train/steps_per_s")
     # the job's rows: each process trains on ceil(train / 2) rows (padded shards) in the same steps
     shard = -(-m["split_sizes"]["train"] // 2)
     assert samples[0].value / steps[0].value == pytest.approx(2 * shard / m["global_step"], rel=1e-5)

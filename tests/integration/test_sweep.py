@@ -191,13 +191,15 @@ def test_joblib_runs_trials_in_processes_and_tensorboard_shows_each_job(tmp_path
     statuses = [api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING]
     request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=statuses)
     groups = list_session_groups.Handler(context.RequestContext(), tb, "", request).run().session_groups
-    assert sorted(g.name for g in groups) == ["0/tensorboard", "1/tensorboard"]
+    assert sorted(g.name.split("/")[0] for g in groups) == ["0", "1"]
     for g in groups:
         job = sweep / g.name.split("/")[0]
         metrics = json.loads((job / "metrics.json").read_text())["metrics"]
         overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
                          if o.startswith("optimizer.lr="))
-        assert g.hparams["optimizer/lr"].number_value == pytest.approx(float(overrides["optimizer.lr"]))
+        # each job's TensorBoard run is named by its number and the values the sweep gave it
+        assert g.name.startswith(f"{job.name}/tensorboard/{job.name}_") and "optimizer.lr=" in g.name, g.name
+        assert g.hparams["optimizer.lr"].number_value == pytest.approx(float(overrides["optimizer.lr"]))
         values = {mv.name.tag: mv.value for mv in g.metric_values}
-        assert values["hparams/val_acc_best"] == pytest.approx(metrics["val/acc_best"], rel=1e-6)
-        assert values["hparams/test_acc"] == pytest.approx(metrics["test/acc"], rel=1e-6)
+        assert values["val/acc_best"] == pytest.approx(metrics["val/acc_best"], rel=1e-6)
+        assert values["test/acc"] == pytest.approx(metrics["test/acc"], rel=1e-6)

@@ -31,7 +31,7 @@ def _run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("metrics.json"))
 
 
-def test_default_job_end_to_end(tmp_path):
+def test_default_job_end_to_end(tmp_path, tensorboard_run):
     """`python train.py` with no arguments: accuracy, files, TensorBoard content, summary."""
     proc = _train_py(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,16 +51,27 @@ def test_default_job_end_to_end(tmp_path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(tensorboard_run(run)), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/f1"):
         assert name in tags, f"{name} not in TensorBoard scalars {sorted(tags)}"
-    assert any(t.startswith("lr-") for t in tags), sorted(tags)
+    assert "train/lr/all" in tags and "train/epoch" in tags, sorted(tags)
+    # the Scalars page opens on the curves: every card in the train, val or test group
+    assert {t.split("/")[0] for t in tags} == {"train", "val", "test"}, sorted(tags)
     assert acc.Graph() is not None  # the model graph (Graphs tab)
     plugins = acc.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
-    assert acc.Scalars("hparams/test_acc")[-1].value == pytest.approx(m["metrics"]["test/acc"], rel=1e-6)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(plugins["_hparams_/experiment"]).experiment
+    params = [h.name for h in experiment.hparam_infos]
+    assert {"data", "model", "optimizer", "optimizer.lr", "data.batch_size", "seed"} <= set(params), params
+    assert len(params) <= 20 and not any("_target_" in p for p in params), params
+    # the HParams metrics are the run's own final tags, whose last value is the final metric
+    metrics = [mi.name.tag for mi in experiment.metric_infos]
+    assert "test/acc" in metrics and "val/acc_best" in metrics and not any(t.startswith("hparams/") for t in tags)
+    assert acc.Scalars("test/acc")[-1].value == pytest.approx(m["metrics"]["test/acc"], rel=1e-6)
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -131,7 +142,7 @@ def test_resume_from_checkpoint_continues_training(compose_cfg, tmp_path):
     assert second["epochs_trained"] == 4
 
 
-def test_ddp_two_processes_one_run_dir(tmp_path):
+def test_ddp_two_processes_one_run_dir(tmp_path, tensorboard_run):
     proc = _train_py(tmp_path, "trainer.devices=2", "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = _run_dirs(tmp_path)
@@ -139,7 +150,7 @@ def test_ddp_two_processes_one_run_dir(tmp_path):
     assert m["world_size"] == 2
     # reduced across ranks: each test row counted exactly once over both shards
     assert sum(map(sum, m["confusion_matrix"])) == m["split_sizes"]["test"]
-    writers = {p.name.split(".")[-2] for p in (run / "tensorboard").glob("events.out.tfevents.*")}
+    writers = {p.name.split(".")[-2] for p in tensorboard_run(run).glob("events.out.tfevents.*")}
     assert len(writers) == 1, f"more than one process wrote TensorBoard events: {writers}"
     assert not list(run.glob("*ddp_process*")), "rank 1 wrote into the run directory"
     assert m["bundle"]["parity"]["ok"] and len(list(tmp_path.rglob("manifest.json"))) == 1

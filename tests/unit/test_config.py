@@ -124,7 +124,7 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
     if group == "callbacks":
         assert len(callbacks) == len(cfg.callbacks or {})
         names = {type(c).__name__ for c in callbacks}
-        training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar", "Throughput",
+        training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "ProgressBar", "EpochSummary", "Throughput",
                     "TensorBoardViews"}
         expected = {"default": training | {"OnnxExport", "Quantize"}, "training": training, "none": set()}
         if option in expected:

@@ -85,7 +85,7 @@ def test_epoch_timing_excludes_validation_and_logs_rates(monkeypatch):
     clock.now = 3.5
     cb.on_validation_epoch_end(trainer, module)
     cb.on_validation_end(trainer, module)
-    assert logger.rows == [(2, {"perf/val_samples_per_s": pytest.approx(10 * 2 / 1.0)})]
+    assert logger.rows == [(2, {"val/samples_per_s": pytest.approx(10 * 2 / 1.0)})]
     clock.now = 4.0
     trainer.global_step += 1
     cb.on_train_batch_end(trainer, module, None, batch, 2)
@@ -100,8 +100,8 @@ def test_epoch_timing_excludes_validation_and_logs_rates(monkeypatch):
     step, metrics = logger.rows[-1]
     assert step == 3
     # 3 batches of 4 rows in 4 s minus 1 s of validation = 3 s; x2 processes
-    assert metrics == {"perf/train_samples_per_s": pytest.approx(12 * 2 / 3.0),
-                       "perf/train_steps_per_s": pytest.approx(3 / 3.0)}
+    assert metrics == {"train/samples_per_s": pytest.approx(12 * 2 / 3.0),
+                       "train/steps_per_s": pytest.approx(3 / 3.0)}
 
 
 def test_only_rank_zero_logs_and_val_can_be_off(monkeypatch):

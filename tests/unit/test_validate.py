@@ -277,12 +277,12 @@ def _hydra_error(*overrides: str) -> Exception:
                                   "strategy, precision, max_epochs, min_epochs, gradient_clip_val, "
                                   "gradient_clip_algorithm, accumulate_grad_batches, deterministic, benchmark, "
                                   "sync_batchnorm, ...). Fix: trainer.max_epochs=3 (did you mean trainer.max_epochs?)"),
-        (["sed=3"], "sed=3: no key 'sed' in the config (expected a key at the top level: task_name, tags, task, "
-                    "seed, run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
-                    "callbacks, logger, ...). Fix: seed=3 (did you mean seed?)"),
-        (["foo=1"], "foo=1: no key 'foo' in the config (expected a key at the top level: task_name, tags, task, "
-                    "seed, run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, scheduler, trainer, "
-                    "callbacks, logger, ...). Fix: check the spelling (`python train.py --cfg job` prints every "
+        (["sed=3"], "sed=3: no key 'sed' in the config (expected a key at the top level: task_name, tags, "
+                    "console_log, task, seed, run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, "
+                    "scheduler, trainer, callbacks, ...). Fix: seed=3 (did you mean seed?)"),
+        (["foo=1"], "foo=1: no key 'foo' in the config (expected a key at the top level: task_name, tags, "
+                    "console_log, task, seed, run_dir, ckpt_path, monitor, optimized_metric, data, model, optimizer, "
+                    "scheduler, trainer, callbacks, ...). Fix: check the spelling (`python train.py --cfg job` prints every "
                     "key), or add a new key with +foo=1"),
         (["+seed=3"], "+seed=3: 'seed' is already in the config ('+' adds a new key). Fix: seed=3"),
         (["model=mlp,cnn"], "model=mlp,cnn: several values for one run. Fix: add -m (--multirun) to sweep over them, "

@@ -1,4 +1,4 @@
-"""Log training (and validation) throughput every epoch: ``perf/*`` samples/s and steps/s."""
+"""Log training (and validation) throughput every epoch: ``train/samples_per_s``, ``train/steps_per_s``, ``val/samples_per_s``."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ class Throughput(L.Callback):
     """Every epoch, log to every logger (rank 0, no ``self.log``: throughput stays out of the
     run's metrics, which must be identical for identical seeds):
 
-    - ``perf/train_samples_per_s``: training rows per second over all processes (this
+    - ``train/samples_per_s``: training rows per second over all processes (this
       process's rate times the world size; DDP train shards are equal by construction);
-    - ``perf/train_steps_per_s``: optimizer steps per second;
-    - ``perf/val_samples_per_s`` (``val=True``): validation rows per second over all processes
+    - ``train/steps_per_s``: optimizer steps per second;
+    - ``val/samples_per_s`` (``val=True``): validation rows per second over all processes
       (eval shards differ by at most one row per process).
 
     The train epoch is timed from ``on_train_epoch_start`` to the end of its last batch, minus
@@ -113,7 +113,7 @@ class Throughput(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         r = rates(self._train.samples, trainer.global_step - self._step_start, self._train.seconds, trainer.world_size)
-        self._log(trainer, {f"perf/train_{k}": v for k, v in r.items()})
+        self._log(trainer, {f"train/{k}": v for k, v in r.items()})
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_started = time.perf_counter()
@@ -142,7 +142,7 @@ class Throughput(L.Callback):
         self._valid.mark()
         r = rates(self._valid.samples, 0, self._valid.seconds, trainer.world_size)
         if r:
-            self._log(trainer, {"perf/val_samples_per_s": r["samples_per_s"]})
+            self._log(trainer, {"val/samples_per_s": r["samples_per_s"]})
 
     @staticmethod
     def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:

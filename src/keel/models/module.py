@@ -150,6 +150,14 @@ class TaskModule(L.LightningModule):
         self._outputs[split].append((self.task.kept(self, out, self._keep_all[split]), y, loss.detach()))
         return loss
 
+    def running_train_loss(self, window: int) -> float | None:
+        """Mean train loss of this epoch's last ``window`` batches (None before the first); one
+        host sync, for the progress bar when it redraws."""
+        recent = self._outputs["train"][-window:]
+        if not recent:
+            return None
+        return float(torch.stack([o[2] for o in recent]).float().mean())
+
     def _update_metrics(self, split: str) -> bool:
         """Feed the epoch's kept outputs of ``split`` to its metrics in one update (order-free
         sums give the values of per-step updates; the loss is weighted by rows per batch).
@@ -218,7 +226,9 @@ class TaskModule(L.LightningModule):
         )
         if sched is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": sched}
+        # named: the LR monitor logs lr/<group> whatever the optimizer class (not lr-Adam/...), so
+        # runs with different optimizers share one learning-rate curve name
+        return {"optimizer": optimizer, "lr_scheduler": {**sched, "name": "lr"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain data only: the contract travels with the weights into export and serving. The run's

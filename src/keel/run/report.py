@@ -3,6 +3,7 @@ summary printer (a finished run, a run that had already finished, a bundle built
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,27 +72,103 @@ def metrics_record(result: Any, resumed_from: str | None, seed: Any, wall_time_s
     }
 
 
-def log_hparams(loggers: Sequence[Any], config: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-    """Write one HParams entry per run with its final metrics (TensorBoard's HParams tab)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+# Config keys every run's HParams entry (and MLflow params) carries, besides the group choices
+# and whatever the command line overrode: what a person compares runs by.
+CURATED_KEYS = ("task", "seed", "optimizer.lr", "optimizer.weight_decay", "data.batch_size", "trainer.max_epochs",
+                "trainer.precision", "trainer.devices")
+GROUPS = ("data", "model", "optimizer", "scheduler", "trainer")
+# overrides that say where a run lives or how it resumes, not what it is
+_NOT_PARAMS = ("run_dir", "ckpt_path", "paths.", "hydra.", "logger", "console_log")
 
-    params = {k: v for k, v in config.items() if k != "paths"}
-    hp_metrics = {f"hparams/{k.replace('/', '_')}": v for k, v in metrics.items() if k.split("/")[0] in ("val", "test")}
+
+def _select(config: Mapping[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _param_value(v: Any) -> str | int | float | bool | None:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return json.dumps(v, default=str, sort_keys=True)[:250]
+
+
+def curated_params(config: Mapping[str, Any], overrides: Sequence[str] | None = None,
+                   choices: Mapping[str, str] | None = None) -> dict[str, str | int | float | bool]:
+    """The parameters a run is compared by: the config group choices (``data``, ``model``, ...),
+    :data:`CURATED_KEYS`, and every key the command line overrode, with its resolved value.
+
+    Args:
+        config: the run's resolved config (plain dict).
+        overrides, choices: the job's overrides and group choices; default: Hydra's, when a
+            Hydra job is running (none otherwise).
+
+    Returns:
+        flat ``{key: value}``, values str/int/float/bool (lists and dicts as JSON text); no None.
+    """
+    if overrides is None or choices is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            overrides = list(hc.overrides.task) if overrides is None else overrides
+            choices = dict(hc.runtime.choices) if choices is None else choices
+    overrides, choices = list(overrides or []), dict(choices or {})
+    params: dict[str, Any] = {g: choices[g] for g in GROUPS if choices.get(g)}
+    for key in CURATED_KEYS:
+        params[key] = _param_value(_select(config, key))
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if any(key.startswith(p) for p in _NOT_PARAMS) or key in params:
+            continue
+        params[key] = _param_value(choices[key] if key in choices else _select(config, key))
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def final_metric_tags(metrics: Mapping[str, float]) -> list[str]:
+    """The metrics a run is judged by: every ``test/*`` and the ``val/*_best`` ones."""
+    return sorted(k for k in metrics if k.startswith("test/") or (k.startswith("val/") and k.endswith("_best")))
+
+
+def log_hparams(loggers: Sequence[Any], config: Mapping[str, Any], metrics: Mapping[str, float],
+                output_dir: Path | None = None, bundle_dir: Path | None = None) -> None:
+    """One HParams entry per run (TensorBoard's HParams tab): :func:`curated_params` against the
+    final metrics (:func:`final_metric_tags`); MLflow runs get the same params, the final
+    metrics and the run's files (keel.run.tracking). The full config is ``<run>/.hydra/config.yaml``."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+
+    params = curated_params(config)
+    tags = final_metric_tags(metrics)
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
-            lg.log_hyperparams(params, metrics=hp_metrics)
+            if callable(getattr(lg, "log_final_hparams", None)):
+                lg.log_final_hparams(params, tags)
+            else:  # Lightning's own logger: its log_hyperparams writes the metrics again, as hparams/*
+                lg.log_hyperparams(params, metrics={f"hparams/{k.replace('/', '_')}": metrics[k] for k in tags})
             lg.finalize("success")  # flush and close: the process may end without interpreter teardown
+        elif isinstance(lg, MLFlowLogger) and output_dir is not None:
+            from keel.run.tracking import finish_mlflow_run
+
+            finish_mlflow_run(lg, params=params, metrics={k: metrics[k] for k in tags}, output_dir=output_dir,
+                              bundle_dir=bundle_dir)
 
 
 def logger_rows(loggers: Sequence[Any]) -> list[tuple[str, str]]:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
     rows = []
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
-            rows.append(("tensorboard", f"tensorboard --logdir {lg.log_dir}"))
+            rows.append(("tensorboard", f"tensorboard --logdir {lg.root_dir}"))
         elif isinstance(lg, CSVLogger):
             rows.append(("csv metrics", f"{lg.log_dir}/metrics.csv"))
+        elif isinstance(lg, MLFlowLogger):
+            from keel.run.tracking import mlflow_rows
+
+            rows += mlflow_rows([lg])
     return rows
 
 
@@ -101,7 +178,8 @@ def report_run(output_dir: Path, result: Any, config: Mapping[str, Any], resumed
     record = metrics_record(result, resumed_from, config.get("seed"), wall_time_s)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / METRICS_NAME, record)
-    log_hparams(result.loggers, config, result.metrics)
+    bundle_dir = Path(record["bundle"]["dir"]) if (record.get("bundle") or {}).get("dir") else None
+    log_hparams(result.loggers, config, result.metrics, output_dir, bundle_dir)
     objective = (f"{record['optimized_metric']}={record['objective']:.4f}" if record["objective"] is not None
                  else None)
     print_summary("run finished", [
@@ -152,5 +230,5 @@ def report_bundle(bundle_dir: Path, manifest: Mapping[str, Any]) -> None:
     ])
 
 
-__all__ = ["bundle_line", "int8_note", "log_hparams", "metrics_record", "print_summary", "report_bundle",
+__all__ = ["CURATED_KEYS", "bundle_line", "curated_params", "final_metric_tags", "int8_note", "log_hparams", "metrics_record", "print_summary", "report_bundle",
            "report_finished", "report_run"]

@@ -29,7 +29,10 @@ class KeelDataModule(Protocol):
       "sample_ndim": ...}`` or the tabular spec); it becomes part of the model and the ONNX graph.
     - ``net_input_shape``: the shape of one sample as the net receives it (after preprocessing).
     - ``split_arrays(split)``: ``(features, targets)`` numpy arrays of ``train``/``val``/``test``
-      (export parity and int8 calibration run on them; the data fingerprint hashes them).
+      (export parity and int8 calibration run on them; the data fingerprint hashes them unless
+      the module lists its files). A module whose splits do not fit in memory (streamed tables,
+      decoded images) takes ``split_arrays(split, limit=N)``: at most N rows, always the same
+      ones (int8 calibration asks the train split for a bounded sample this way).
     - ``split_sizes()``: rows per split.
     - ``class_counts(split)`` (classification: rows per class, in contract order; for
       ``class_weights=balanced``) or ``target_stats(split)`` (regression: ``mean``, ``std``,

@@ -65,6 +65,20 @@ class QuantizeOptions:
     seed: int = 0
 
 
+
+def split_sample(datamodule: Any, split: str, limit: int) -> tuple[Any, Any]:
+    """``datamodule.split_arrays(split)``, at most ``limit`` rows when the module can bound it
+    (a ``limit`` keyword: data that does not fit in memory, decoded images); else the whole split."""
+    import inspect
+
+    try:
+        takes_limit = "limit" in inspect.signature(datamodule.split_arrays).parameters
+    except (TypeError, ValueError):
+        takes_limit = False
+    if takes_limit:
+        return datamodule.split_arrays(split, limit=limit)
+    return datamodule.split_arrays(split)
+
 def _latency_ms(sess: Any, x: np.ndarray) -> dict[str, float]:
     return {"batch1_ms": latency(sess, x, 1) * 1e3, "batch64_ms": latency(sess, x, 64) * 1e3}
 
@@ -190,9 +204,10 @@ def add_int8(bundle_dir: str | Path, datamodule: Any, options: QuantizeOptions =
         raise BundleError(f"{bundle_dir}: cannot quantize a bundle that fails its checks: {'; '.join(problems)}")
     datamodule.setup()
     x_test, y_test = datamodule.split_arrays("test")
-    x_train, _ = datamodule.split_arrays("train")
+    wanted = options.calibration_batches * options.batch_size
+    x_train, _ = split_sample(datamodule, "train", 4 * wanted)
     rng = np.random.default_rng(options.seed)
-    pick = rng.permutation(len(x_train))[: options.calibration_batches * options.batch_size]
+    pick = rng.permutation(len(x_train))[:wanted]
     calibration = [x_train[pick[i : i + options.batch_size]] for i in range(0, len(pick), options.batch_size)]
 
     task = get_task(manifest.get("task", "classification"))

@@ -160,7 +160,7 @@ def hydra_ddp_relaunch(output_dir: str) -> Iterator[None]:
     saved_run_dir = None
     if hydra_cfg is not None and is_launcher:
         saved_run_dir = hydra_cfg.run.dir
-        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra/job_logging=stdout"]
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra/job_logging=keel_console"]
         with read_write(hydra_cfg), open_dict(hydra_cfg):
             hydra_cfg.run.dir = output_dir
     try:

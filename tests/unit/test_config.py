@@ -20,7 +20,7 @@ from keel.fit import build_model
 from keel.fit import instantiate_group as _instantiate_group
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ["data", "data/contract", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug", "hparams_search"]
+GROUPS = ["data", "data/contract", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths", "hydra", "hydra/job_logging", "experiment", "debug", "hparams_search"]
 
 
 def _options(group: str) -> list[str]:

@@ -131,3 +131,19 @@ def test_drift_table_lists_alerts_first_with_the_noise_bound():
     assert "val vs train" in text and "1 alert" in text and "rows also in train: 2" in text
     assert feature_statistics(report) == [0.05, 0.9]
     assert "2 more features" in drift_table("val", report, max_rows=1)
+
+
+def test_known_library_warnings_are_silenced_by_exact_message_only():
+    import warnings
+
+    from keel.run.console import quiet_known_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet_known_warnings()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`",
+                      FutureWarning)
+        warnings.warn("The number of training batches (1) is smaller than the logging interval "
+                      "Trainer(log_every_n_steps=10).", UserWarning)
+        with pytest.raises(UserWarning, match="something else"):
+            warnings.warn("something else", UserWarning)

@@ -72,6 +72,11 @@ def quiet_known_warnings() -> None:
     - lightning 2.6 on torch 2.13 checks ``isinstance(treespec, LeafSpec)``, which torch deprecates
       (lightning/pytorch/utilities/_pytree.py; also reached from copyreg when batches are pickled).
       It is Lightning's call, not the user's, and changes nothing in the run.
+    - Lightning warns when an epoch has fewer batches than ``trainer.log_every_n_steps``: keel's
+      metrics are epoch values (the module computes them at each epoch's end), so a small table
+      with one batch per epoch loses nothing; only the per-step LR curve is sparser.
     """
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
+                            r"interval", category=UserWarning)

@@ -327,6 +327,12 @@ def _run_loggers(cfg: DictConfig, plan: Any, continued: bool, output_dir: Path) 
         # the checkpoint's step (SummaryWriter purge_step), so redone steps show once. Step N
         # itself is kept: callbacks log the finished epoch's values there (an epoch-start LR
         # logged at N by both attempts shows twice, with the same value). The graph is there already.
+        if str(node.get("_target_", "")).endswith("MLFlowLogger"):
+            # the store and experiment made once under a file lock (parallel sweep jobs, ranks);
+            # a run continued in place continues its MLflow run
+            from keel.run.tracking import prepare_mlflow_logger
+
+            return prepare_mlflow_logger(node, continued=continued)
         if not str(node.get("_target_", "")).endswith("TensorBoardLogger"):
             return {}
         kwargs: dict[str, Any] = {}

@@ -273,6 +273,9 @@ def prepare_mlflow_logger(node: Mapping[str, Any], *, continued: bool) -> dict[s
     RUNNING again; the logger then continues that run (epochs redone after the checkpoint show
     twice in a metric's history, at the same steps). Otherwise ``{}``.
     """
+    # MLflow 3 sends usage telemetry unless told not to; keel runs offline and sends nothing on
+    # its users' behalf. MLFLOW_DISABLE_TELEMETRY=false in the environment turns it back on.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

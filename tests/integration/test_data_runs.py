@@ -39,15 +39,14 @@ def test_own_csv_with_an_inferred_then_pinned_contract(tmp_path, capsys):
     csv = tmp_path / "people.csv"
     _people(600, 0).to_csv(csv, index=False)
     assert keel(["contract", "infer", str(csv), "--target", "label", "--name", "people"]) == 0
-    contract_dir = ROOT / "conf" / "data" / "contract"
-    name = f"test_people_{tmp_path.name}"
-    pinned = contract_dir / f"{name}.yaml"
-    pinned.write_text(capsys.readouterr().out)
-    try:
-        proc, run = _train(tmp_path, "data=csv", f"data.path={csv}", "data.target=label", f"data/contract={name}",
-                           "trainer.max_epochs=15", "logger=csv", "callbacks=training")
-    finally:
-        pinned.unlink()
+    # pinned as the README says (conf/data/contract/people.yaml), in a config dir of the user's
+    # on Hydra's search path: nothing is written into the repository's conf/
+    contract_dir = tmp_path / "conf" / "data" / "contract"
+    contract_dir.mkdir(parents=True)
+    (contract_dir / "people.yaml").write_text(capsys.readouterr().out)
+    proc, run = _train(tmp_path, "data=csv", f"data.path={csv}", "data.target=label", "data/contract=people",
+                       f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "trainer.max_epochs=15", "logger=csv",
+                       "callbacks=training")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["metrics"]["test/acc"] > 0.9  # a learnable rule on age x color

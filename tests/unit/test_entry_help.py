@@ -58,7 +58,7 @@ def test_fast_help_prints_what_hydra_prints(script):
 
 def test_train_help_lists_the_config_groups():
     fast = _help(ROOT / "train.py")
-    assert "== Config groups (pick one option each) ==" in fast and "optimizer: adam, adamw, rmsprop, sgd" in fast
+    assert "== Config groups (pick one option each; logger takes a list too: 'logger=[tensorboard,mlflow]') ==" in fast and "optimizer: adam, adamw, rmsprop, sgd" in fast
 
 
 @pytest.mark.parametrize("script", ["export.py", "eval.py"])

@@ -166,8 +166,9 @@ def fast_help(main: Callable[[], Any], args: Sequence[str]) -> str | None:
 def _hydra_help_node(folder: Path, name: str, seen: tuple[str, ...]) -> Any:
     """The ``help`` node of ``folder/<name>.yaml`` (a config of the ``hydra`` group), merged as
     Hydra merges it: its defaults list may name other configs of the same group (plain names,
-    e.g. ``- default``, and ``_self_``; without ``_self_`` the file comes last). None for anything
-    else in that list (a subgroup such as ``override help: x``, a cycle): Hydra renders it."""
+    e.g. ``- default``, and ``_self_``; without ``_self_`` the file comes last); choices of other
+    subgroups (``override job_logging: keel``) are skipped. None for anything else in that list
+    (``override help: x``, a cycle): Hydra renders it."""
     from omegaconf import ListConfig, OmegaConf
 
     if name in seen or not (folder / f"{name}.yaml").is_file():
@@ -181,6 +182,12 @@ def _hydra_help_node(folder: Path, name: str, seen: tuple[str, ...]) -> Any:
     merged = OmegaConf.create({})
     for entry in defaults:
         if not isinstance(entry, str):
+            # a subgroup choice other than help (``override job_logging: keel``) adds nothing to
+            # the help node; a help subgroup (``override help: x``) is Hydra's to render
+            keys = list(entry) if hasattr(entry, "keys") else []
+            group = str(keys[0]).removeprefix("override ").removeprefix("optional ").strip() if len(keys) == 1 else ""
+            if group and group != "help" and not group.startswith("help/"):
+                continue
             return None
         if entry == "_self_":
             node = cfg.get("help", {})

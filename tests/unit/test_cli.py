@@ -42,7 +42,7 @@ def test_cfg_job_prints_the_composed_config():
 
 def test_help_lists_config_groups_and_examples():
     out = _run("--help").stdout
-    assert "model: cnn, custom, mlp, resnet" in out
+    assert "model: cnn, custom, mlp, resnet, rnn" in out
     assert "optimizer: adam, adamw, rmsprop, sgd" in out
     assert "scheduler: cosine, none, onecycle, plateau, step" in out
     assert "python train.py trainer.devices=2" in out
@@ -53,14 +53,14 @@ def test_unknown_group_option_exits_2_with_the_choices():
     assert proc.returncode == 2
     assert proc.stderr == (
         "error: invalid configuration (1 problem):\n  - model=transformer: no option 'transformer' in config group "
-        "'model'; expected one of: cnn, custom, mlp, resnet. Fix: e.g. model=cnn, or add your own conf/model/transformer.yaml\n"
+        "'model'; expected one of: cnn, custom, mlp, resnet, rnn. Fix: e.g. model=cnn, or add your own conf/model/transformer.yaml\n"
     )
 
 
 def test_a_sweep_with_a_bad_option_exits_2_before_any_job(tmp_path):
     proc = _run("-m", "model=mlp,cnm", f"paths.log_dir={tmp_path}")
     assert proc.returncode == 2
-    assert "  - model=mlp,cnm: no option 'cnm' in config group 'model'; expected one of: cnn, custom, mlp, resnet. Fix: model=mlp,cnn" \
+    assert "  - model=mlp,cnm: no option 'cnm' in config group 'model'; expected one of: cnn, custom, mlp, resnet, rnn. Fix: model=mlp,cnn" \
         in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not [p for p in tmp_path.rglob("*") if p.name == ".hydra"]  # no job ran

@@ -143,4 +143,4 @@ def test_help_with_a_config_mistake_is_one_error_not_a_traceback():
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert ("error: invalid configuration (1 problem):\n  - model=nope: no option 'nope' in config group 'model'; "
-            "expected one of: cnn, custom, mlp, resnet.") in proc.stderr
+            "expected one of: cnn, custom, mlp, resnet, rnn.") in proc.stderr

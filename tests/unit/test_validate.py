@@ -268,7 +268,7 @@ def _hydra_error(*overrides: str) -> Exception:
     "overrides,expected",
     [
         (["model=transformer"], "model=transformer: no option 'transformer' in config group 'model'; expected one of: "
-                                "cnn, custom, mlp, resnet. Fix: e.g. model=cnn, or add your own conf/model/transformer.yaml"),
+                                "cnn, custom, mlp, resnet, rnn. Fix: e.g. model=cnn, or add your own conf/model/transformer.yaml"),
         (["experiment=digits_cnm"], "experiment=digits_cnm: no option 'digits_cnm' in config group 'experiment'; "
                                     "expected one of: digits_cnn. Fix: experiment=digits_cnn, or add your own "
                                     "conf/experiment/digits_cnm.yaml"),

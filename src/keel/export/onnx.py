@@ -4,6 +4,7 @@ task's head (softmax, or the target's de-standardization) inside the graph."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,15 @@ from keel.errors import KeelError
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "probabilities")  # classification's; each task names its own (Task.outputs)
+# Warnings torch.export raises while tracing a GRU/LSTM (torch 2.13), none about our model: the RNN
+# module re-binds its ``_flat_weights`` list during tracing (the weights are its parameters and are
+# exported; parity checks them), reads ``.grad`` of those non-leaf views, and torch's own traced code
+# calls the deprecated ``torch._check_is_size``. Ignored by exact message so that nothing else is.
+EXPORT_WARNINGS = (
+    (UserWarning, r"The tensor attributes .*_flat_weights\[0\].* were assigned during export"),
+    (UserWarning, r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed"),
+    (FutureWarning, r"_check_is_size will be removed in a future PyTorch release"),
+)
 
 
 class ExportError(KeelError):
@@ -53,20 +63,14 @@ def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset:
 
     # The exporter logs one line per torchvision op it cannot register; torchvision is not used here.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    # Only the batch axis is dynamic: a sequence contract fixes its length (a recurrent graph itself
+    # would take any length, but serving checks inputs against the contract's shape).
     batch = torch.export.Dim("batch", min=1)
     try:
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=list(output_names),
-            dynamic_shapes=({0: batch},),
-            opset_version=opset,
-            external_data=False,  # one self-contained file (models here are far below 2 GB)
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            for category, message in EXPORT_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            _export(model, example, path, batch, opset, output_names)
     except OSError:
         raise  # a full disk or an unwritable directory: reported by the bundle writer, not as an export bug
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; report one clear error
@@ -75,6 +79,29 @@ def export_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"onnx.checker rejected {path.name}: {e}") from e
+    return describe_graph(path, opset, output_names)
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, batch: Any, opset: int,
+            output_names: tuple[str, ...]) -> None:
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=list(output_names),
+        dynamic_shapes=({0: batch},),
+        opset_version=opset,
+        external_data=False,  # one self-contained file (models here are far below 2 GB)
+        verbose=False,
+    )
+
+
+def describe_graph(path: Path, opset: int, output_names: tuple[str, ...]) -> dict[str, Any]:
+    """The exported graph's inputs/outputs (name, dtype, shape with ``batch`` for the dynamic axis)."""
+    import onnx
+
     graph = onnx.load(str(path), load_external_data=False).graph
 
     def describe(values: Any) -> list[dict[str, Any]]:

@@ -188,13 +188,14 @@ def _predict(args: argparse.Namespace) -> int:
     enc = bundle.encode_rows(rows, source, on_invalid=args.on_invalid)
     outputs = _outputs(bundle, enc.x)
     columns, values = bundle.task.prediction_table(outputs, bundle.manifest)
-    header = ["row", *args.keep, *columns]
-    kept = [[rows.carried[c][r] for c in args.keep] for r in enc.rows.tolist()]
+    carried = list(rows.carried)  # the --keep columns; for image files, each row's file
+    header = ["row", *carried, *columns]
+    kept = [[rows.carried[c][r] for c in carried] for r in enc.rows.tolist()]
     lines = [[str(r), *k] + [f"{v:.6f}" if isinstance(v, float) else str(v) for v in row]
              for r, k, row in zip(enc.rows.tolist(), kept, values)]
     if args.output and args.output.endswith(".json"):
         records = bundle.task.prediction_records(outputs, bundle.manifest)
-        out = [{"row": r, **dict(zip(args.keep, k)), **rec} for r, k, rec in zip(enc.rows.tolist(), kept, records)]
+        out = [{"row": r, **dict(zip(carried, k)), **rec} for r, k, rec in zip(enc.rows.tolist(), kept, records)]
         Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
     else:
         text = "\n".join(_csv_line(r) for r in [header, *lines]) + "\n"
@@ -303,7 +304,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict with a bundle (ONNX Runtime; no torch)")
     predict.add_argument("dir", help="bundle directory")
-    predict.add_argument("input", help="CSV/Parquet (tables) or .npy (tensors); checked against the contract first")
+    predict.add_argument("input", help="CSV/Parquet (tables), .npy (tensors), or for image bundles a PNG/JPEG file or a "
+                                       "folder of them (decoded and resized as in training); checked against the "
+                                       "contract first")
     predict.add_argument("--output", help="write predictions here (.csv or .json) instead of stdout")
     predict.add_argument("--int8", action="store_true", help="use the bundle's int8 model")
     predict.add_argument("--format", default="auto", choices=["auto", "csv", "parquet"])

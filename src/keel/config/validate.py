@@ -135,7 +135,8 @@ RULES: tuple[Rule, ...] = (
     Rule("data.path", _text, "the path of a .csv/.tsv/.parquet file", "data.path=my.csv"),
     Rule("data.target", _text, "the name of the label column", "data.target=label"),
     Rule("data.format", _one_of("auto", "csv", "parquet"), "one of: auto, csv, parquet", "data.format=auto"),
-    Rule("data.root", _text, "a folder holding the IDX files", "data.root=~/data/mnist"),
+    Rule("data.root", _text, "the data folder (data=mnist: the 4 IDX files; data=image_folder: class folders of images)",
+         "data.root=~/data/mnist"),
     Rule("data.batch_size", _int_ge(1), "an integer >= 1", "data.batch_size=64"),
     Rule("data.num_workers", _int_ge(0), "an integer >= 0", "data.num_workers=0"),
     Rule("data.val_fraction", _num_in(0, 1, True, True), "a fraction in (0, 1)", "data.val_fraction=0.15"),
@@ -410,8 +411,11 @@ def _file_problems(cfg: DictConfig) -> list[str]:
         problems.append(_no_file("data.path", path, "a .csv/.tsv/.parquet file", "data.path=<your table file>"))
     root = _select(cfg, "data.root")
     if _text(root):
-        problems.append(_no_file("data.root", root, "a folder holding the IDX files (train-images-idx3-ubyte...)",
-                                 "data.root=<the folder with the 4 IDX files>", folder=True))
+        images = "image_folder" in str(_select(cfg, "data._target_"))
+        expected = ("a folder of images (one sub-folder of PNG/JPEG files per class, or train/ val/ test/ folders of "
+                    "those)" if images else "a folder holding the IDX files (train-images-idx3-ubyte...)")
+        fix = "data.root=<the folder with the class folders>" if images else "data.root=<the folder with the 4 IDX files>"
+        problems.append(_no_file("data.root", root, expected, fix, folder=True))
     problems.append(_contract_problem(_select(cfg, "data.contract")))
     ckpt = _select(cfg, "ckpt_path")
     if _text(ckpt) and ckpt != "auto":

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from keel.data.contract import ContractViolationError, contract_from_dict
+from keel.data.contract import ContractReport, ContractViolationError, Violation, contract_from_dict
 from keel.errors import KeelError
 from keel.export.bundle import BundleError, check_files, read_manifest, safe_member
 from keel.export.runtime import run, session
+from keel.serve.images import DEFAULT_MODES, DecodedImages, image_shape_problem, is_image_name, load_images
 from keel.serve.table import CsvTable, check_table, encode_table, read_csv
 
 
@@ -35,12 +36,15 @@ def input_fix(source: str, whole: list[Any] | None = None) -> str:
 class Rows:
     """Rows read from a file for the bundle: ``data`` (features, what :meth:`Bundle.encode` takes),
     ``target`` (the label column or labels file, raw, when present), ``carried`` (``--keep``
-    columns as text), ``n`` (rows in the file)."""
+    columns as text; for image files the ``file`` of each row), ``n`` (rows in the file),
+    ``unreadable`` (image files that did not decode: one row-level violation each; their rows
+    in ``data`` are zeros)."""
 
     data: Any
     target: Any
     carried: dict[str, list[str]]
     n: int
+    unreadable: tuple[Violation, ...] = ()
 
 
 @dataclass
@@ -73,6 +77,36 @@ class ContractInput:
     def is_table(self) -> bool:
         return hasattr(self.contract, "feature_names")  # TableContract; a TensorContract has a sample shape
 
+    @property
+    def image_modes(self) -> tuple[str, ...]:
+        """The Pillow modes image files may have (the training data config's ``modes``)."""
+        return tuple(DEFAULT_MODES)
+
+    def read_images(self, path: str | Path) -> DecodedImages:
+        """An image file, or every PNG/JPEG under a folder (recursively, sorted), decoded as the
+        model's input: float32 ``(N, C, H, W)`` raw pixels in [0, 255], resized to the contract's
+        ``H x W`` by ``keel.serve.images`` (the decoding that training used). Files that fail are
+        listed in the result's ``problems``, not raised.
+
+        Raises:
+            KeelError: the bundle does not take images; a folder without images.
+        """
+        p = Path(path)
+        shape = list(getattr(self.contract, "shape", ()) or ())
+        problem = "a table" if self.is_table else image_shape_problem(shape)
+        if problem:
+            raise KeelError(f"{p}: this bundle does not take images ({problem}). Fix: give "
+                            + ("a CSV or Parquet file" if self.is_table else "a .npy array of shape (N, *shape)"))
+        if p.is_dir():
+            files = sorted((f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                            and is_image_name(f.name)), key=lambda f: str(f.relative_to(p)))
+            if not files:
+                raise KeelError(f"{p}: a folder without PNG/JPEG images (.png, .jpg, .jpeg). Fix: give an image file, "
+                                "a folder of images, or a .npy array")
+        else:
+            files = [p]
+        return load_images(files, shape, self.image_modes)
+
     def read(self, path: str | Path, fmt: str = "auto") -> Any:
         """The rows in ``path`` to predict on: an array from a ``.npy`` file (tensor bundles);
         for table bundles a CSV or Parquet file (``fmt``: auto, csv, parquet) as a
@@ -84,6 +118,12 @@ class ContractInput:
                 unreadable).
         """
         p = Path(path)
+        if not self.is_table and (p.is_dir() or is_image_name(p.name)):
+            decoded = self.read_images(p)
+            if decoded.problems:
+                raise ContractViolationError([_image_report(self.contract, decoded, p.name)], p.name,
+                                             fix=input_fix(p.name))
+            return decoded.x
         if p.suffix == ".npy":
             if self.is_table:
                 raise KeelError(f"{p}: this bundle serves a table; give a CSV or Parquet file")
@@ -92,7 +132,8 @@ class ContractInput:
             except (ValueError, OSError) as e:
                 raise KeelError(f"{p}: not a readable .npy array ({e})") from None
         if not self.is_table:
-            raise KeelError(f"{p}: this bundle serves tensors; give a .npy array of shape (N, *shape)")
+            images = "" if image_shape_problem(list(self.contract.shape)) else ", a PNG/JPEG image or a folder of them"
+            raise KeelError(f"{p}: this bundle serves tensors; give a .npy array of shape (N, *shape){images}")
         from keel.data.table_io import SERVING_FIXES, read_table, table_format
 
         fmt = table_format(p, fmt, SERVING_FIXES)
@@ -149,6 +190,14 @@ class ContractInput:
         if not self.is_table:
             if keep:
                 raise KeelError(f"--keep {' '.join(keep)}: a tensor file has no columns to keep. Fix: leave out --keep")
+            if p.is_dir() or is_image_name(p.name):
+                if labels is not None:
+                    raise KeelError(f"--labels {labels}: give labels with a .npy of samples, not with image files")
+                decoded = self.read_images(p)
+                root = p if p.is_dir() else p.parent
+                names = [str(Path(f).relative_to(root)) if p.is_dir() else Path(f).name for f in decoded.files]
+                return Rows(decoded.x, None, {"file": names}, len(names),
+                            _image_report(self.contract, decoded, p.name, root).violations)
             x = self.read(p, fmt)
             n = len(x) if np.ndim(x) > 0 else 1  # a 0-d array: one (malformed) sample for the check to name
             y = None
@@ -211,6 +260,9 @@ class ContractInput:
                 x = data = x[None]
             rows = replace(rows, n=len(x) if x.ndim else 1)
             report = self.contract.check(x, rows.target if with_target else None, source)
+            if rows.unreadable:  # image files that did not decode (their rows are zeros)
+                report = ContractReport(report.contract, report.split, report.rows,
+                                        rows.unreadable + report.violations)
         if report is None:
             raise BundleError(f"{source}: no rows to predict")
         keep_rows = np.arange(rows.n)
@@ -218,7 +270,12 @@ class ContractInput:
         if not report.ok:
             whole = [v for v in report.violations if v.rows is None]
             if on_invalid == "fail" or whole:
-                raise ContractViolationError([report], source, fix=input_fix(source, whole))
+                fix = input_fix(source, whole)
+                if rows.unreadable and not whole:
+                    fix = (f"Fix: replace or remove these image files of {source} (PNG or JPEG, a mode the bundle "
+                           "takes), or predict the others with --on-invalid skip (the files left out go to a side "
+                           "file with their problems)")
+                raise ContractViolationError([report], source, fix=fix)
             for v in report.violations:
                 for r in np.asarray(v.rows).tolist():
                     invalid.setdefault(int(r), []).append(f"{v.rule} on {v.feature}")
@@ -237,6 +294,21 @@ class ContractInput:
                                             else rows.target.iloc[keep_rows])
         return Encoded(x, y, keep_rows, dict(sorted(invalid.items())))
 
+
+
+def _image_report(contract: Any, decoded: DecodedImages, source: str, root: Path | None = None) -> ContractReport:
+    """The image files that did not decode, one row-level violation each (named by path)."""
+    n = len(decoded.files)
+
+    def name(path: str) -> str:
+        try:
+            return str(Path(path).relative_to(root)) if root is not None else Path(path).name
+        except ValueError:
+            return path
+
+    violations = tuple(Violation(p.rule, name(p.path), 1, n, detail=p.detail, rows=np.array([i], dtype=np.int64))
+                       for i, p in decoded.problems.items())
+    return ContractReport(contract.name, source, n, violations)
 
 
 class LabelledFile(ContractInput):
@@ -271,6 +343,11 @@ class Bundle(ContractInput):
         from keel.tasks import get_task
 
         return get_task(self.manifest.get("task", "classification"))
+
+    @property
+    def image_modes(self) -> tuple[str, ...]:
+        data = (self.manifest.get("config") or {}).get("data") or {}
+        return tuple(data.get("modes") or DEFAULT_MODES)
 
     def predict(self, data: Any, source: str = "input") -> tuple[np.ndarray, ...]:
         """The task's outputs (classification: logits and probabilities; regression: the

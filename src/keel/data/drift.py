@@ -87,6 +87,9 @@ __all__ = [
     "shared_rows",
     "drift_report",
     "format_report",
+    "StreamingReference",
+    "label_shift_counts",
+    "shared_row_mask",
 ]
 
 KINDS = ("numeric", "categorical")
@@ -1152,3 +1155,176 @@ def tensor_drift_columns(x: np.ndarray) -> dict[str, np.ndarray]:
         for stat in ("mean", "std", "min", "max"):
             cols[f"c{c}.{stat}"] = getattr(per_ch[:, c, :], stat)(axis=1)
     return cols
+
+
+# --------------------------------------------------------------------------- streamed reference
+
+
+class StreamingReference:
+    """:func:`reference_stats` of columns that arrive in batches (a table larger than memory).
+
+    Exact: ``count``, ``missing``, ``mean``, ``std`` (population, Chan's pairwise merge of batch
+    moments), ``min``, ``max`` and the categorical counts (pass 1, :meth:`add`), and the numeric
+    bin counts (pass 2, :meth:`add_bins`). The numeric bin edges are the quantiles of a uniform
+    sample of the rows (:meth:`set_edges`; the caller draws it, e.g. a seeded bottom-k of row
+    hashes), so only the cut points are approximate: every count in the result is the count of
+    the full data in those bins, and :func:`compare`'s noise test stays valid for any cuts.
+    Edges follow :func:`_numeric_reference`: a cut at the maximum moves just below it, and cuts
+    that leave a reference bin empty are dropped after counting.
+
+    Args:
+        kinds: feature name -> ``numeric`` or ``categorical`` (the features and their order).
+        bins: quantile bins per numeric feature, >= 2.
+    """
+
+    def __init__(self, kinds: Mapping[str, str], bins: int = 10) -> None:
+        if isinstance(bins, (bool, np.bool_)) or not isinstance(bins, numbers.Integral) or bins < 2:
+            raise DriftError(f"bins={bins!r}: expected an integer >= 2")
+        bad = [f"feature {n!r}: kind {k!r} is not one of {list(KINDS)}" for n, k in kinds.items() if k not in KINDS]
+        if bad:
+            raise DriftError("cannot compute reference stats:\n  - " + "\n  - ".join(bad))
+        self.kinds, self.bins = dict(kinds), int(bins)
+        self._num = {n: {"count": 0, "missing": 0, "n": 0, "mean": 0.0, "m2": 0.0, "lo": math.inf, "hi": -math.inf}
+                     for n, k in kinds.items() if k == "numeric"}
+        self._cat: dict[str, tuple[Counter, list[int]]] = {n: (Counter(), [0]) for n, k in kinds.items()
+                                                           if k == "categorical"}
+        self._cuts: dict[str, np.ndarray] = {}
+        self._bin_counts: dict[str, np.ndarray] = {}
+
+    def add(self, columns: Mapping[str, Any]) -> None:
+        """Pass 1: one batch of every feature's values."""
+        for name, acc in self._num.items():
+            x = _as_float(columns[name], name)
+            nan = np.isnan(x)
+            acc["missing"] += int(np.count_nonzero(nan))
+            acc["count"] += int(x.size - np.count_nonzero(nan))
+            finite = x[np.isfinite(x)]
+            if not finite.size:
+                continue
+            m = finite.size
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean_b = float(finite.mean())
+                m2_b = float(np.sum((finite - mean_b) ** 2))
+                n = acc["n"] + m
+                delta = mean_b - acc["mean"]
+                acc["mean"] += delta * m / n
+                acc["m2"] += m2_b + delta * delta * acc["n"] * m / n
+            acc["n"] = n
+            acc["lo"] = min(acc["lo"], float(finite.min()))
+            acc["hi"] = max(acc["hi"], float(finite.max()))
+        for name, (counter, missing) in self._cat.items():
+            counts, n_missing = _value_counts(columns[name], name)
+            counter.update(counts)
+            missing[0] += n_missing
+
+    def set_edges(self, sample: Mapping[str, Any]) -> None:
+        """The numeric bin edges, from a uniform sample of the rows (after pass 1)."""
+        for name, acc in self._num.items():
+            x = _as_float(sample[name], name)
+            finite = x[np.isfinite(x)]
+            if not acc["n"] or not finite.size:
+                self._cuts[name] = np.empty(0, dtype=np.float64)
+                continue
+            cuts = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, self.bins + 1)[1:-1]))
+            if cuts[-1] >= acc["hi"]:
+                cuts[-1] = np.nextafter(acc["hi"], -np.inf)
+                cuts = np.unique(cuts)
+            self._cuts[name] = cuts
+            self._bin_counts[name] = np.zeros(cuts.size + 1, dtype=np.int64)
+
+    @property
+    def needs_bins(self) -> bool:
+        """Whether pass 2 (:meth:`add_bins`) has numeric features to count."""
+        return any(c.size for c in self._cuts.values())
+
+    def add_bins(self, columns: Mapping[str, Any]) -> None:
+        """Pass 2: one batch of the numeric features, counted into the edges' bins."""
+        for name, cuts in self._cuts.items():
+            if cuts.size:
+                x = _as_float(columns[name], name)
+                total = int(x.size - np.count_nonzero(np.isnan(x)))
+                self._bin_counts[name] += _bin_counts(x, cuts, total)
+
+    def result(self) -> dict:
+        """``{"bins", "features"}`` in :func:`reference_stats`' form, plain data."""
+        features: dict[str, Any] = {}
+        for name, kind in self.kinds.items():
+            if kind == "categorical":
+                counter, missing = self._cat[name]
+                ordered = dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+                features[name] = {"kind": "categorical", "count": int(sum(ordered.values())),
+                                  "missing": int(missing[0]), "counts": {k: int(v) for k, v in ordered.items()}}
+                continue
+            acc = self._num[name]
+            cuts = self._cuts.get(name, np.empty(0, dtype=np.float64))
+            counts = self._bin_counts.get(name) if cuts.size else np.array([acc["count"]], dtype=np.int64)
+            keep = counts[:-1] > 0
+            if acc["count"] and not keep.all():
+                cuts, counts = cuts[keep], counts[np.append(keep, True)]
+            has = acc["n"] > 0
+            features[name] = {
+                "kind": "numeric",
+                "count": int(acc["count"]),
+                "missing": int(acc["missing"]),
+                "mean": _finite_or_none(acc["mean"]) if has else None,
+                "std": _finite_or_none(math.sqrt(max(acc["m2"], 0.0) / acc["n"])) if has else None,
+                "min": acc["lo"] if has else None,
+                "max": acc["hi"] if has else None,
+                "edges": [float(c) for c in cuts.tolist()],
+                "counts": [int(c) for c in counts.tolist()],
+            }
+        return {"bins": self.bins, "features": features}
+
+
+def label_shift_counts(reference_counts: Sequence[int], labels: np.ndarray, classes: Sequence,
+                       thresholds: DriftThresholds) -> dict:
+    """:func:`label_shift` with the reference given as counts per class (``len(classes) + 1``
+    ints, the last for unknown labels), for a reference too large to hold as labels."""
+    classes = [_plain(c) for c in classes]
+    if len(reference_counts) != len(classes) + 1:
+        raise DriftError(f"reference_counts: expected {len(classes) + 1} counts (one per class, then unknown), "
+                         f"got {len(reference_counts)}")
+    index = {c: i for i, c in enumerate(classes)}
+    ref = np.asarray(reference_counts, dtype=np.int64)
+    cur = _class_counts(labels, index, len(classes), "labels")
+    n_ref, n_cur = int(ref.sum()), int(cur.sum())
+    bucket = slice(None) if ref[-1] or cur[-1] else slice(0, len(classes))
+    out = {
+        "classes": classes,
+        "reference": [_rate(int(k), n_ref) for k in ref[:-1]],
+        "current": [_rate(int(k), n_cur) for k in cur[:-1]],
+        "unknown": {"reference": _rate(int(ref[-1]), n_ref), "current": _rate(int(cur[-1]), n_cur)},
+        "counts": {"reference": [int(k) for k in ref], "current": [int(k) for k in cur]},
+        **_metrics(cur[bucket], ref[bucket], n_cur, n_ref, thresholds, "js", ordered=False),
+    }
+    _decide([out], thresholds)
+    return out
+
+
+def shared_row_mask(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Which rows of ``other`` occur exactly in ``reference`` (two ``(N, ...)`` arrays), as a
+    boolean mask: :func:`shared_rows` for a reference that comes in batches (OR the masks)."""
+    parts, n_ref, n_other = _parts(reference, other)
+    row_bytes = sum(p.dtype.itemsize * p.sides[0].shape[1] for p in parts)
+    mask = np.zeros(n_other, dtype=bool)
+    if not (n_ref and n_other):
+        return mask
+    if not row_bytes:
+        mask[:] = True
+        return mask
+    h_ref_rows = _row_hashes(parts, 0, n_ref, row_bytes)
+    ref_order = np.argsort(h_ref_rows)
+    ref_hashes = h_ref_rows[ref_order]
+    h_other = _row_hashes(parts, 1, n_other, row_bytes)
+    pos = np.searchsorted(ref_hashes, h_other)
+    pos[pos == n_ref] = 0
+    candidates = np.flatnonzero(ref_hashes[pos] == h_other)
+    if candidates.size:
+        eq = _rows_equal(parts, ref_order[pos[candidates]], candidates, row_bytes)
+        for i in np.flatnonzero(~eq).tolist():  # a collision: try the other reference rows with that hash
+            j, h = int(pos[candidates[i]]) + 1, ref_hashes[pos[candidates[i]]]
+            while j < n_ref and ref_hashes[j] == h and not eq[i]:
+                eq[i] = bool(_rows_equal(parts, ref_order[j : j + 1], candidates[i : i + 1], row_bytes)[0])
+                j += 1
+        mask[candidates[eq]] = True
+    return mask

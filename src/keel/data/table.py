@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ class TableDataModule(InMemoryDataModule):
         path: the CSV or Parquet file.
         target: the label (or regression target) column.
         format: ``auto`` (by suffix), ``csv`` or ``parquet``.
+        streaming: False: read the whole table into memory (this class). True: construct a
+            :class:`keel.data.streaming.StreamingTableDataModule` instead (row groups streamed
+            from Parquet, a CSV converted once), with ``stream``'s options.
+        stream: the streaming options (``holdout_rows``, ``shuffle_rows``, ``sample_rows``,
+            ``row_group_rows``, ``cache_dir``); not used when ``streaming`` is False.
         contract: a table contract (``kind: table``); None infers one from the file.
         task: ``auto``, ``classification`` or ``regression``. Without a contract it decides
             what is inferred (``auto``: from the target column, refusing an ambiguous one); with
@@ -34,8 +40,22 @@ class TableDataModule(InMemoryDataModule):
         **kwargs: as :class:`InMemoryDataModule`.
     """
 
+    def __new__(cls, *args: Any, streaming: bool = False, stream: Mapping[str, Any] | None = None,
+                **kwargs: Any) -> Any:
+        # construct-or-delegate: `data.streaming=true` keeps `_target_: keel.data.TableDataModule` and gets the
+        # streaming module (a LightningDataModule of its own, so __init__ below is not called for it)
+        if streaming:
+            if cls is not TableDataModule:
+                raise KeelError(f"data.streaming=true: {cls.__name__} is an embedded table, it is read whole. "
+                                "Fix: data.streaming=false")
+            from keel.data.streaming import StreamingTableDataModule
+
+            return StreamingTableDataModule(*args, **kwargs, **dict(stream or {}))
+        return super().__new__(cls)
+
     def __init__(self, path: str | None, target: str, format: str = "auto", contract: Any = None,
-                 task: str = "auto", infer_margin: float = 0.1, **kwargs: Any):
+                 task: str = "auto", infer_margin: float = 0.1, streaming: bool = False,
+                 stream: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(contract, task=task, **kwargs)
         self.path, self.target, self.format = path, target, format
         self.infer_margin = float(infer_margin)

@@ -123,3 +123,85 @@ def table_drift_columns(
             cols[name] = s.astype(object).where(s.notna(), None).to_numpy()
             kinds[name] = "categorical"
     return cols, kinds
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def csv_to_parquet(path: str | Path, cache_dir: str | Path, row_group_rows: int = 65536,
+                   block_size: int = 16 << 20) -> tuple[Path, bool]:
+    """A Parquet copy of the CSV ``path`` in ``cache_dir`` for streaming, made once per content.
+
+    The copy is named by the CSV's sha256 (a changed CSV gets a new copy; a touched or copied one
+    reuses it), written with row groups of ``row_group_rows`` rows in bounded memory (pyarrow's
+    streaming CSV reader) and renamed into place, so an interrupted conversion leaves nothing.
+    Column types are pyarrow's inference from the first ``block_size`` bytes; a column that later holds a
+    value of another type (a 1.5 below whole numbers, text below numbers) is widened (int ->
+    float -> text) and the conversion redone.
+
+    Returns:
+        ``(parquet path, converted now)``.
+
+    Raises:
+        TableReadError: naming the file and the fix, for a file pyarrow cannot read as CSV.
+    """
+    import os
+    import re
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    table_format(p, "csv")
+    digest = _file_sha256(p)
+    out_dir = Path(cache_dir)
+    out = out_dir / f"{p.name.split('.')[0]}-{digest[:16]}.parquet"
+    if out.is_file():
+        return out, False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parse = pacsv.ParseOptions(delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+    read = pacsv.ReadOptions(block_size=block_size)
+    types: dict[str, pa.DataType] = {}
+    widen = {"int64": pa.float64(), "double": pa.string()}
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        names = pacsv.open_csv(p, read_options=read, parse_options=parse).schema.names
+    except (pa.ArrowInvalid, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TableReadError(f"{p}: not a readable CSV file ({first}). Fix: check the file's format") from None
+    for _ in range(2 * len(names) + 1):
+        try:
+            reader = pacsv.open_csv(p, read_options=read, parse_options=parse,
+                                    convert_options=pacsv.ConvertOptions(column_types=types))
+            with pq.ParquetWriter(tmp, reader.schema) as writer:
+                pending: list[pa.RecordBatch] = []
+                rows = 0
+                for batch in reader:
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    while rows >= row_group_rows:
+                        t = pa.Table.from_batches(pending)
+                        writer.write_table(t.slice(0, row_group_rows), row_group_size=row_group_rows)
+                        rest = t.slice(row_group_rows)
+                        pending, rows = rest.to_batches(), rest.num_rows
+                if rows:
+                    writer.write_table(pa.Table.from_batches(pending, schema=reader.schema),
+                                       row_group_size=row_group_rows)
+            break
+        except pa.ArrowInvalid as e:
+            tmp.unlink(missing_ok=True)
+            found = re.search(r"column #(\d+): CSV conversion error to (\w+)", str(e))
+            if found is None or found.group(2) not in widen:
+                first = str(e).splitlines()[0]
+                raise TableReadError(f"{p}: not a readable CSV file ({first}). Fix: check the file's format") from None
+            types[names[int(found.group(1))]] = widen[found.group(2)]
+    tmp.replace(out)
+    return out, True

@@ -12,7 +12,9 @@ on disk, e.g. for ``python train.py data=image_folder data.root=...``). Then for
 count it sets up ``ImageFolderDataModule`` once and times ``--epochs`` full passes over the
 train loader (every epoch after the first: the first pays the worker start-up, reported apart),
 with the augmentations of ``--augment`` (random resized crop, rotation, brightness/contrast) or
-none. Prints the machine, images/s at 0 and 2 workers, and ``2 workers / 0 workers``.
+none: [1] the loader alone (decoding), [2] the loader plus a ``model=cnn`` training step on each
+batch (where workers decode while the model trains). Prints the machine, images/s at 0 and 2
+workers, and ``2 workers / 0 workers`` for each.
 """
 
 from __future__ import annotations
@@ -68,8 +70,27 @@ def build_folder(root: Path, size: int = 32, per_class: int = 180, seed: int = 0
     return count
 
 
-def images_per_second(root: Path, size: int, workers: int, epochs: int, augment: dict) -> tuple[float, float, int]:
-    """(images/s of the epochs after the first, seconds of the first, images per epoch)."""
+def _train_step(size: int):
+    """A CNN step on each batch (forward, backward, SGD): keel's model=cnn net, channels [32, 64]."""
+    import torch
+
+    from keel.models.nets import CNN
+
+    net = CNN(input_shape=[3, size, size], num_classes=10, channels=[32, 64])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def step(x, y):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def images_per_second(root: Path, size: int, workers: int, epochs: int, augment: dict,
+                      train: bool = False) -> tuple[float, float, int]:
+    """(images/s of the epochs after the first, seconds of the first, images per epoch); ``train``:
+    with a CNN training step on every batch (decoding in workers overlaps it)."""
     from keel.data.image_folder import ImageFolderDataModule
 
     dm = ImageFolderDataModule(root=str(root), height=size, width=size, batch_size=64, num_workers=workers,
@@ -77,11 +98,15 @@ def images_per_second(root: Path, size: int, workers: int, epochs: int, augment:
     dm.setup()
     loader = dm.train_dataloader()
     n = dm.split_sizes()["train"]
+    step = _train_step(size) if train else (lambda x, y: None)
     times = []
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
-        seen = sum(len(y) for _, y in loader)
+        seen = 0
+        for x, y in loader:
+            step(x, y)
+            seen += len(y)
         times.append(time.perf_counter() - start)
         assert seen == n, (seen, n)
     later = times[1:] or times
@@ -102,7 +127,8 @@ def main() -> None:
     import torch
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
-          f"torch {torch.__version__}, pillow {PIL.__version__}")
+          f"torch {torch.__version__}, pillow {PIL.__version__}, load average {os.getloadavg()[0]:.1f} "
+          "(other processes share these cores: compare ratios)")
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="keel-bench-images-"))
     try:
         start = time.perf_counter()
@@ -112,13 +138,15 @@ def main() -> None:
         augment = ({"crop_scale": [0.7, 1.0], "rotate": 10.0, "brightness": 0.2, "contrast": 0.2}
                    if args.augment else {})
         print(f"augmentations: {augment or 'none'}; batch 64; {args.epochs} epochs each, the first is warm-up")
-        results = {}
-        for workers in (0, 2):
-            ips, first, per_epoch = images_per_second(root, args.size, workers, args.epochs, augment)
-            results[workers] = ips
-            print(f"  num_workers={workers}: {ips:8.0f} images/s  (first epoch {first:.2f} s incl. worker start-up; "
-                  f"{per_epoch} train images an epoch)")
-        print(f"2 workers / 0 workers: {results[2] / results[0]:.2f}x")
+        for train in (False, True):
+            print("[2] loader + a model=cnn training step per batch" if train else "[1] loader alone (decode only)")
+            results = {}
+            for workers in (0, 2):
+                ips, first, per_epoch = images_per_second(root, args.size, workers, args.epochs, augment, train)
+                results[workers] = ips
+                print(f"  num_workers={workers}: {ips:8.0f} images/s  (first epoch {first:.2f} s incl. worker "
+                      f"start-up; {per_epoch} train images an epoch)")
+            print(f"  2 workers / 0 workers: {results[2] / results[0]:.2f}x")
     finally:
         if not args.keep and not args.root:
             shutil.rmtree(root, ignore_errors=True)

@@ -81,7 +81,8 @@ def test_the_rnn_config_takes_keels_shapes_and_checks_clean():
     assert net_problems(net) == []
     args = net_arguments(net, [8, 8], 10)
     assert args["input_shape"] == [8, 8] and args["num_classes"] == 10
-    assert net_problems({**net, "hidden": [64]})[0].startswith("model.net.hidden: not an argument of keel.models.nets.RNN")
+    (problem,) = net_problems({**net, "hidden": [64]})  # the MLP's key: the RNN's width is hidden_size
+    assert problem.startswith("model.net.hidden: not an argument of keel.models.nets.RNN")
 
 
 def test_rnn_yaml_builds_the_documented_net(compose_cfg):
@@ -92,3 +93,40 @@ def test_rnn_yaml_builds_the_documented_net(compose_cfg):
     assert list(net.input_shape) == [8, 8] and net.num_classes == 10  # from the data contract
     built = instantiate(net)
     assert isinstance(built.rnn, torch.nn.GRU) and built.rnn.hidden_size == 64 and built.readout == "last"
+
+
+class _Logits(torch.nn.Module):
+    """The logits alone as the model's one output (the net is under test, not a task's head)."""
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor]:
+        return (z,)
+
+
+@pytest.mark.parametrize("cell,int8_op,left", [("gru", "GRU", ["GRU"]), ("lstm", "DynamicQuantizeLSTM", [])])
+def test_export_has_a_dynamic_batch_parity_and_names_what_int8_leaves_float32(tmp_path, cell, int8_op, left):
+    import numpy as np
+    import onnx
+
+    from keel.export.onnx import InferenceModel, export_onnx
+    from keel.export.quantize import float32_ops, quantize_onnx
+    from keel.export.runtime import run, session
+    from keel.models.nets import Standardize
+
+    torch.manual_seed(0)
+    net = RNN([8, 3], 4, cell=cell, hidden_size=16, num_layers=2, bidirectional=True)
+    model = InferenceModel(Standardize([0.0] * 3, [2.0] * 3, 1), net, _Logits()).eval()
+    io = export_onnx(model, torch.randn(2, 8, 3), tmp_path / "m.onnx", output_names=("logits",))
+    assert io["inputs"][0]["shape"] == ["batch", 8, 3]  # the contract fixes T; the batch is free
+    x = np.random.default_rng(0).normal(size=(7, 8, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))[0].numpy()
+    (got,) = run(session(tmp_path / "m.onnx"), x)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert cell.upper() in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}  # one fused op
+
+    quantize_onnx(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "auto")
+    assert int8_op in {n.op_type for n in onnx.load(str(tmp_path / "m.int8.onnx")).graph.node}
+    notes = float32_ops(tmp_path / "m.int8.onnx")
+    assert sorted(notes) == left
+    if left:
+        assert notes["GRU"].startswith("ONNX Runtime has no int8 GRU kernel") and "model.net.cell=lstm" in notes["GRU"]

@@ -153,12 +153,12 @@ class WindowsDataModule(InMemoryDataModule):
                               "Fix: data.features=[<numeric columns>], or data.target_at=next to use the target's "
                               "own past values")
         if self.target_at == "end" and self.target in feats:
-            raise WindowError(f"data.features includes the target {self.target!r} with data.target_at=end: the window's "
-                              "last step would hold the answer. Fix: leave it out of data.features, or "
+            raise WindowError(f"data.features includes the target {self.target!r} with data.target_at=end: the "
+                              "window's last step would hold the answer. Fix: leave it out of data.features, or "
                               "data.target_at=next (predict the value after the window)")
         if self.target_at == "next" and not pd.api.types.is_numeric_dtype(df[self.target]):
-            raise WindowError(f"{self.source}: data.target={self.target!r} ({df[self.target].dtype}) is not numeric, but "
-                              "data.target_at=next predicts its next value (a number). Fix: data.target=<a numeric "
+            raise WindowError(f"{self.source}: data.target={self.target!r} ({df[self.target].dtype}) is not numeric, "
+                              "but data.target_at=next predicts its next value (a number). Fix: data.target=<a numeric "
                               "column>, or data.target_at=end for a label at the window's last step")
         bad = []
         for c in feats:
@@ -271,8 +271,8 @@ class WindowsDataModule(InMemoryDataModule):
         left_out = len(self.starts) - sum(p.size for p in parts.values())
         log.info("data %s: %d windows of %d steps (stride %d) split by time: train rows 0-%d, val %d-%d, test %d-%d; "
                  "%d windows across a boundary left out (no row in two splits)", self.source, len(self.starts),
-                 self.window, self.stride, bounds["train"][1] - 1, bounds["val"][0], bounds["val"][1] - 1, bounds["test"][0],
-                 n - 1, left_out)
+                 self.window, self.stride, bounds["train"][1] - 1, bounds["val"][0], bounds["val"][1] - 1,
+                 bounds["test"][0], n - 1, left_out)
         return parts
 
     # ------------------------------------------------------------------ what the model needs

@@ -103,7 +103,7 @@ def _note_float32_ops(out: Path) -> None:
         return
     notes = {op: FLOAT32_REASONS[op] for op in left}
     for op, why in notes.items():
-        log.info("int8: %s stays float32: %s", op, why)
+        log.warning("int8: %s stays float32: %s", op, why)
     entry = model.metadata_props.add()
     entry.key, entry.value = FLOAT32_OPS_KEY, json.dumps(notes)
     onnx.save(model, str(out))

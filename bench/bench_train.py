@@ -10,8 +10,8 @@ objects ``keel.fit`` builds: the DataModule (``instantiate(cfg.data)``), the Lig
 (``keel.fit.build_model``) and a ``Trainer`` from ``cfg.trainer`` with the callbacks of
 ``callbacks=training`` (progress bar, throughput, TensorBoard views) plus the two that
 ``keel.fit`` adds to every run (NaN guard, RNG state), ``logger=none``. Left out, because they are
-not per-step work and need validation: the checkpoint, early-stopping and LR-monitor callbacks
-and the validation loop itself (``limit_val_batches=0``). An epoch is timed from one
+not per-step work and need validation: the checkpoint, early-stopping, LR-monitor and per-epoch
+summary callbacks and the validation loop itself (``limit_val_batches=0``). An epoch is timed from one
 ``on_train_epoch_start`` to the next (or to ``on_train_end``): every step, the epoch-end metric
 computation, the scheduler and the loader's start. Samples/s are training rows per second.
 
@@ -138,8 +138,8 @@ def write_table(path: Path, rows: int, seed: int = 0) -> Path:
 
 def compose(dataset: str, model: str, root: Path, table: Path | None, extra: Sequence[str] = ()) -> Any:
     """The training config as ``python train.py data=... model=... logger=none callbacks=training``
-    composes it, minus the checkpoint, early-stopping and LR-monitor callbacks (they act on
-    validation, which the bench does not run), on one device of ``ACCELERATOR``."""
+    composes it, minus the checkpoint, early-stopping, LR-monitor and epoch-summary callbacks (they
+    act on validation, which the bench does not run), on one device of ``ACCELERATOR``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -156,6 +156,7 @@ def compose(dataset: str, model: str, root: Path, table: Path | None, extra: Seq
         "~callbacks.model_checkpoint",
         "~callbacks.early_stopping",
         "~callbacks.lr_monitor",
+        "~callbacks.epoch_summary",
         f"paths.output_dir={root / 'run'}",  # otherwise ${hydra:runtime.output_dir}: a Hydra app only
         f"paths.log_dir={root}",
         f"trainer.accelerator={ACCELERATOR[0]}",

@@ -64,6 +64,7 @@ def test_sigkill_mid_epoch_then_auto_resume_ends_like_an_uninterrupted_run(tmp_p
     reference = subprocess.Popen([sys.executable, "train.py", *common, "callbacks.progress_bar.refresh_rate=0",
                                   f"run_dir={ref}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     status = _kill_inside_epoch([sys.executable, "train.py", *common, "callbacks.progress_bar.refresh_rate=1",
+                                 "callbacks.progress_bar.only_on_terminal=false",
                                  f"run_dir={run}"], epoch=3)
     assert status == -signal.SIGKILL
 
@@ -107,6 +108,7 @@ def test_sigkill_mid_epoch_then_auto_resume_ends_like_an_uninterrupted_run(tmp_p
 def test_sigterm_records_an_interrupted_run_and_exits_non_zero(tmp_path):
     run = tmp_path / "run"
     status = _kill_inside_epoch([sys.executable, "train.py", *QUIET[:2], "callbacks.progress_bar.refresh_rate=1",
+                                 "callbacks.progress_bar.only_on_terminal=false",
                                  "trainer.max_epochs=5", f"run_dir={run}"], epoch=1, sig=signal.SIGTERM)
     assert status == 128 + signal.SIGTERM
     record = _json(run / "run.json")

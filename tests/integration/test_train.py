@@ -93,7 +93,8 @@ def test_each_scheduler_trains_and_logs_lr(compose_cfg, scheduler):
     train(cfg)
     rows = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    lr_cols = [i for i, h in enumerate(header) if h.startswith("lr-")]
+    # a scheduler is named "lr": one curve name whatever the optimizer (lr-Adam without one)
+    lr_cols = [i for i, h in enumerate(header) if h.startswith("lr-" if scheduler == "none" else "lr/")]
     assert lr_cols, header
     lrs = [float(r.split(",")[lr_cols[0]]) for r in rows[1:] if r.split(",")[lr_cols[0]]]
     if scheduler == "none":

@@ -63,7 +63,7 @@ def test_digits_as_sequences_with_an_lstm_train_export_int8_and_predict(tmp_path
     if quant["accepted"]:  # ONNX Runtime runs the LSTM itself in int8
         int8 = run / "bundle" / "model.int8.onnx"
         assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(int8)).graph.node}
-        assert float32_ops(int8) == {}
+        assert float32_ops(int8) == {} == quant["float32_ops"]
     else:
         assert "max_accuracy_drop" in quant["reason"]
     from keel.serve.bundle import load_bundle  # in-process (the windows test runs `keel predict`)
@@ -91,6 +91,7 @@ def test_windows_of_a_series_with_a_gru_beat_the_naive_baselines(tmp_path):
     if manifest["models"]["int8"]:  # the head is int8; the GRU stays float32 and the file says why
         notes = float32_ops(run / "bundle" / "model.int8.onnx")
         assert "no int8 GRU kernel" in notes["GRU"] and "model.net.cell=lstm" in notes["GRU"]
+        assert manifest["quantization"]["float32_ops"] == notes  # ... and so does the manifest
     table = _predict(run / "bundle", run / "bundle" / "samples" / "input.npy")
     np.testing.assert_allclose(table["prediction"].to_numpy(), np.load(run / "bundle" / "samples" / "prediction.npy"),
                                rtol=1e-5, atol=1e-5)

@@ -179,3 +179,13 @@ def test_a_contract_of_another_shape_is_refused(tmp_path):
     with pytest.raises(WindowError, match=r"data.contract shape \[5, 2\] but the windows are \[10, 2\].*"
                                           r"Fix: data.contract.shape=\[10, 2\]"):
         _dm(_series(tmp_path), contract=contract).setup()
+
+
+def test_next_value_targets_are_regression_even_for_a_whole_number_series():
+    from omegaconf import OmegaConf
+
+    from keel.tasks.resolve import resolve_task
+
+    cfg = OmegaConf.create({"task": "auto", "data": {"target_at": "next", "path": None, "target": "count"}})
+    found = resolve_task(cfg)
+    assert found.name == "regression" and "data.target_at=next" in found.describe()

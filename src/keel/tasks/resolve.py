@@ -121,6 +121,8 @@ def resolve_task(cfg: Any) -> ResolvedTask:
         return ResolvedTask(task, "contract", name)
     if requested != AUTO:
         return ResolvedTask(requested, "config")
+    if _select(cfg, "data.target_at") == "next":  # data=csv_windows: the next value of a series
+        return ResolvedTask("regression", "inferred", "data.target_at=next predicts the series' next value")
     values = _target_values(cfg)
     if values is not None:
         from keel.tasks.infer import infer_task

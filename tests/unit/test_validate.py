@@ -343,3 +343,25 @@ def test_keel_errors_pass_through_and_crashes_are_left_to_hydra():
     assert user_error_message(ConfigError(["seed=-1: expected an integer >= 0"]), []).startswith("invalid configuration")
     assert user_error_message(RuntimeError("training crashed"), []) is None
     assert hydra_problems(RuntimeError("training crashed"), []) is None
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model=rnn", "model.net.cell=transformer"], "model.net.cell='transformer': expected one of: gru, lstm"),
+    (["model=rnn", "model.net.hidden_size=0"], "model.net.hidden_size=0: expected an integer >= 1"),
+    (["data=digits_seq", "data.layout=grid"], "data.layout='grid': expected one of: image ([1, 8, 8]), sequence"),
+])
+def test_rnn_and_sequence_keys_are_checked(compose_cfg, overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        validate_config(compose_cfg(*overrides))
+    assert any(p.startswith(expected) for p in e.value.problems), e.value.problems
+
+
+def test_rnn_rules_leave_a_users_own_net_alone(compose_cfg):
+    # a user's net may call something else a "cell": keel's rnn rules check keel's RNN only
+    cfg = compose_cfg("model=custom", "model.net._target_=keel.models.nets.MLP", "+model.net.cell=transformer")
+    problems = []
+    try:
+        validate_config(cfg)
+    except ConfigError as e:
+        problems = e.problems
+    assert not [p for p in problems if p.startswith("model.net.cell")], problems

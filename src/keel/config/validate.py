@@ -45,6 +45,9 @@ class Rule:
     expected: str
     example: str
     optional: bool = True  # the key may be absent (e.g. momentum only exists for sgd/rmsprop)
+    # checked only when the enclosing node's _target_ is this class (a user's own net may give
+    # the same key another meaning)
+    only_for: str | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -129,6 +132,9 @@ BUNDLE_RULES: tuple[Rule, ...] = (
     Rule("callbacks.quantize.per_channel", _one_of(True, False), "true or false", "callbacks.quantize.per_channel=true"),
 )
 
+_RNN = "keel.models.nets.RNN"
+_WINDOWS = "keel.data.WindowsDataModule"
+
 RULES: tuple[Rule, ...] = (
     Rule("task", _one_of("auto", *TASKS), f"auto or one of: {', '.join(TASKS)}", "task=regression"),
     Rule("seed", _int_ge(0), "an integer >= 0", "seed=42", optional=False),
@@ -178,6 +184,22 @@ RULES: tuple[Rule, ...] = (
     Rule("model.net.dropout", _num_in(0, 1, hi_open=True), "a number in [0, 1)", "model.net.dropout=0.1"),
     Rule("model.net.norm", _one_of("auto", "batch", "layer", "none"), "one of: auto (the task's), batch, layer (mlp only), none", "model.net.norm=batch"),
     Rule("model.net.activation", _one_of("relu", "gelu", "silu"), "one of: relu, gelu, silu", "model.net.activation=relu"),
+    # model=rnn (keel.models.nets.RNN)
+    Rule("model.net.cell", _one_of("gru", "lstm"), "one of: gru, lstm", "model.net.cell=gru", only_for=_RNN),
+    Rule("model.net.readout", _one_of("last", "mean"), "one of: last (final hidden state), mean (over time)",
+         "model.net.readout=last", only_for=_RNN),
+    Rule("model.net.hidden_size", _int_ge(1), "an integer >= 1", "model.net.hidden_size=64", only_for=_RNN),
+    Rule("model.net.num_layers", _int_ge(1), "an integer >= 1", "model.net.num_layers=1", only_for=_RNN),
+    Rule("model.net.bidirectional", _one_of(True, False), "true or false", "model.net.bidirectional=false",
+         only_for=_RNN),
+    # data=csv_windows, data=digits_seq
+    Rule("data.window", _int_ge(1), "an integer >= 1 (rows per window)", "data.window=32", only_for=_WINDOWS),
+    Rule("data.stride", _int_ge(1), "an integer >= 1 (rows between window starts)", "data.stride=1",
+         only_for=_WINDOWS),
+    Rule("data.target_at", _one_of("end", "next"), "one of: end (the window's last row), next (the row after)",
+         "data.target_at=next", only_for=_WINDOWS),
+    Rule("data.layout", _one_of("image", "sequence"), "one of: image ([1, 8, 8]), sequence ([8, 8])",
+         "data.layout=sequence", only_for="keel.data.DigitsDataModule"),
     Rule("data.infer_margin", _num_in(0, float("inf")), "a number >= 0 (a fraction of each column's span)",
          "data.infer_margin=0.1"),
     Rule("data.streaming", _one_of(True, False), "true or false", "data.streaming=true"),
@@ -388,6 +410,8 @@ def _resolution_problems(cfg: DictConfig, rules: tuple[Rule, ...]) -> list[str]:
 def _rule_problems(cfg: DictConfig, rules: tuple[Rule, ...]) -> list[str]:
     problems = []
     for rule in rules:
+        if rule.only_for is not None and _select(cfg, rule.path.rsplit(".", 1)[0] + "._target_") != rule.only_for:
+            continue
         value = _select(cfg, rule.path)
         if value is _MISSING:
             if not rule.optional:

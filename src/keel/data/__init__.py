@@ -19,6 +19,10 @@ _EXPORTS = {
     "ContractError": "keel.data.contract",
     "stratified_split": "keel.data.split",
     "quantile_strata": "keel.data.split",
+    "WindowsDataModule": "keel.data.windows",
+    "WindowError": "keel.data.windows",
+    "StreamingTableDataModule": "keel.data.streaming",
+    "StreamingError": "keel.data.streaming",
 }
 
 __all__ = list(_EXPORTS)

@@ -105,3 +105,37 @@ def test_a_file_broken_past_its_header_fails_the_run_without_recording_the_epoch
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "failed"
     assert not list(run.rglob("*.ckpt"))
+
+
+def test_sigterm_inside_an_epoch_with_workers_resumes_to_the_same_metrics(tmp_path):
+    """Augmented, 2 decoding workers, deterministic: killed by SIGTERM inside epoch 1 and resumed,
+    the run ends with exactly the metrics of an uninterrupted one."""
+    import signal
+    import time
+
+    root = _folder(tmp_path / "img", per_class=40)
+    (root / "c2" / "broken.png").unlink()
+    common = [f"data.root={root}", "model=cnn", "model.net.channels=[8]", "trainer.max_epochs=3", "seed=5",
+              "trainer.deterministic=true", "callbacks=training", "data.num_workers=2", "data.batch_size=4",
+              "data.augment.crop_scale=[0.6,1.0]", "data.augment.rotate=15", "data.augment.hflip=0.5"]
+    whole, run_a = _train(tmp_path / "a", *common)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    log = tmp_path / "b.log"
+    cmd = [sys.executable, "train.py", "data=image_folder", f"paths.log_dir={tmp_path / 'b' / 'out'}",
+           "callbacks.progress_bar.refresh_rate=0", "logger=csv", "data.height=12", "data.width=12", *common]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while "epoch 0/2" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, log.read_text()[-2000:]
+    run_b = next((tmp_path / "b" / "out").rglob("run.json")).parent
+    resumed = subprocess.run([*cmd, "ckpt_path=auto", f"run_dir={run_b}"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming inside epoch" in resumed.stdout + resumed.stderr
+    a = json.loads((run_a / "metrics.json").read_text())["metrics"]
+    b = json.loads((run_b / "metrics.json").read_text())["metrics"]
+    assert a == b

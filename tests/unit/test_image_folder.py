@@ -196,7 +196,8 @@ def test_augmentation_is_the_same_with_any_worker_count_and_new_each_epoch(tmp_p
     assert float(torch.cat(zero).min()) >= 0 and float(torch.cat(zero).max()) <= 255
 
 
-def test_a_loader_resumed_mid_epoch_serves_the_batches_that_follow(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_resumed_mid_epoch_serves_the_batches_that_follow(tmp_path, workers):
     dm = _dm(_folder(tmp_path / "img", bad=False), augment=AUG, seed=1)
     dm.setup()
     whole = _batches(dm, 4, 0)
@@ -206,11 +207,21 @@ def test_a_loader_resumed_mid_epoch_serves_the_batches_that_follow(tmp_path):
     next(it), next(it)
     state = loader.state_dict()
     assert state == {"epoch": 4, "batches_done": 2}
+    dm.num_workers = workers
     resumed = dm.train_dataloader()
+    # Lightning's order on a mid-epoch resume: the iterator (workers are handed indices at once),
+    # then the loader's state, then set_epoch, then the batches
+    it = iter(resumed)
     resumed.load_state_dict(state)
     resumed.sampler.set_epoch(4)
-    rest = [x for x, _ in resumed]
+    first = next(it)[0]
+    assert resumed.state_dict() == {"epoch": 4, "batches_done": 3}  # a second interruption resumes after batch 3
+    rest = [first, *(x for x, _ in it)]
     assert len(rest) == len(whole) - 2 and all(torch.equal(a, b) for a, b in zip(rest, whole[2:]))
+    again = iter(resumed)  # another iterator of that epoch (e.g. the loop made one more) is whole
+    assert sum(1 for _ in again) == len(whole)
+    resumed.sampler.set_epoch(5)
+    assert len(list(resumed)) == len(whole)  # the next epoch is whole
 
 
 def test_verify_header_finds_header_problems_and_the_loader_names_a_broken_file(tmp_path):

@@ -23,6 +23,9 @@ _EXPORTS = {
     "WindowError": "keel.data.windows",
     "StreamingTableDataModule": "keel.data.streaming",
     "StreamingError": "keel.data.streaming",
+    "ImageFolderDataModule": "keel.data.image_folder",
+    "ImageFolderError": "keel.data.image_folder",
+    "Augment": "keel.data.image_folder",
 }
 
 __all__ = list(_EXPORTS)

@@ -199,7 +199,9 @@ def test_resume_inside_an_epoch_skips_the_batches_done():
     assert loader.state_dict() == {"epoch": 3, "batches_done": 5}
     loader.load_state_dict({"epoch": 3, "batches_done": 2})
     rest = list(loader)
-    assert loader.served == 3 and len(rest) == 3
+    # served counts the epoch's position, the skipped batches too: a second interruption now
+    # records batches_done=5, not the 3 this iterator handed out
+    assert loader.served == 5 and len(rest) == 3
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[2:], rest, strict=True))
     assert len(list(loader)) == 5  # the skip happens once: the epoch read again is whole
 
@@ -211,7 +213,7 @@ def test_resume_counts_batches_with_workers_and_a_custom_collate():
     assert workers.served == 5
     workers.load_state_dict({"epoch": 1, "batches_done": 4})
     rest = list(workers)
-    assert workers.served == 1 and len(rest) == 1 and torch.equal(rest[0][0], whole[4][0])
+    assert workers.served == 5 and len(rest) == 1 and torch.equal(rest[0][0], whole[4][0])
     custom = _loader(collate_fn=lambda batch: batch)
     it = iter(custom)
     assert len(it) == 5 and len(list(it)) == 5 and custom.served == 5
@@ -246,3 +248,45 @@ def test_evaluation_loader_is_in_order():
     assert len(loader) == 3
     assert [b[1].tolist() for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     assert [b[0].squeeze(1).tolist() for b in got] == [[0.0, 1, 2, 3], [4.0, 5, 6, 7], [8.0, 9, 10]]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_in_memory_loader_resumed_mid_epoch_serves_what_follows_with_workers_too(workers):
+    """Lightning's order on a mid-epoch resume: the iterator (workers are handed indices at
+    once), then the loader's state, then set_epoch, then the batches; and a second interruption
+    resumes at the right batch."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from keel.config import register_resolvers
+
+    register_resolvers()
+    conf = Path(__file__).resolve().parents[2] / "conf" / "data" / "digits.yaml"
+
+    def dm(num_workers):
+        cfg = OmegaConf.load(conf)
+        cfg.seed, cfg.task, cfg.num_workers = 3, "auto", num_workers
+        d = instantiate(cfg)
+        d.setup()
+        return d
+
+    ref = dm(0)
+    loader = ref.train_dataloader()
+    loader.sampler.set_epoch(4)
+    whole = [x for x, _ in loader]
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 4, "batches_done": 2}
+    resumed = dm(workers).train_dataloader()
+    it = iter(resumed)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(4)
+    first = next(it)[0]
+    assert resumed.state_dict() == {"epoch": 4, "batches_done": 3}
+    rest = [first, *(x for x, _ in it)]
+    assert len(rest) == len(whole) - 2 and all(torch.equal(a, b) for a, b in zip(rest, whole[2:]))
+    resumed.sampler.set_epoch(5)
+    assert len(list(resumed)) == len(whole)  # the next epoch is whole

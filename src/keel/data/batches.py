@@ -101,6 +101,16 @@ class ResumableLoader(DataLoader):
     a checkpoint written at an epoch's end with the next epoch. Lightning's fetcher does not
     read ahead on a loader with a length, so "handed out" is "trained on".
 
+    With worker processes too: Lightning makes a resumed run's first train iterator before it
+    loads the loader's state and before ``set_epoch``, and workers are handed batch indices as
+    soon as an iterator exists (by then epoch 0's order, nothing skipped). So loading the state
+    sets the epoch and the skip and, with workers, restarts the existing iterator (``iter`` on a
+    loader with persistent workers resets the same iterator Lightning's fetcher holds). The
+    loaded position holds for any further iterator of that epoch until a batch past it is
+    served, and ``state_dict`` counts the skipped batches, so a second interruption resumes at
+    the right batch. Measured on image folders: a SIGTERM-resumed deterministic run with 2
+    workers ended with other metrics than the uninterrupted one before; equal with 0 or 2 now.
+
     The ``sampler`` must be an :class:`IndexBatchSampler` (used with ``batch_size=None``): it
     is what skips the batches already trained on.
     """
@@ -108,18 +118,32 @@ class ResumableLoader(DataLoader):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.served = 0
+        self._position: tuple[int, int] | None = None  # (epoch, batches done) loaded, not yet served past
 
     def __iter__(self) -> Iterator[object]:
-        self.served = 0
-        return _Counting(self, super().__iter__())  # made now, as DataLoader does (it draws a base seed)
+        position = self._position
+        if position is not None and (position[0] != self.sampler.epoch or self.served > position[1]):
+            position = self._position = None  # a later epoch, or served past it: whole epochs from here
+        if position is not None:
+            self.sampler.resume_at(*position)
+        it = super().__iter__()  # made now, as DataLoader does (it draws a base seed)
+        self.served = position[1] if position is not None else 0
+        return _Counting(self, it)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.sampler.epoch), "batches_done": int(self.served)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         done = int(state.get("batches_done", 0))
-        if 0 < done < len(self.sampler):
-            self.sampler.resume_at(int(state["epoch"]), done)
+        if not 0 < done < len(self.sampler):
+            return
+        epoch = int(state["epoch"])
+        self._position = (epoch, done)
+        self.sampler.set_epoch(epoch)
+        self.sampler.resume_at(epoch, done)  # for an iterator made before, whose sampler has not started
+        if self.num_workers > 0 and self.persistent_workers:
+            iter(self)  # persistent workers: the same iterator, reset onto the resumed order
+        self.served = done
 
 
 class _Counting:

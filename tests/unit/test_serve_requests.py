@@ -155,3 +155,53 @@ def test_npy_body_is_loaded_without_pickles(tensor):
     with pytest.raises(RequestError, match="not a readable .npy array") as e:
         parse(tensor, "npy", buf.getvalue())
     assert e.value.status == 400
+
+
+RECORD_SETS = [
+    [{"age": 30, "color": "red"}, {"age": 41.5, "color": "green"}],
+    [{"age": 30, "color": "red"}, {"age": None, "color": None}, {"color": "blue"}],
+    [{"age": -1, "color": "red", "label": 1}, {"age": 500, "color": "red", "extra": 3}],
+    [{"age": 1e39, "color": "green"}, {"age": float("inf"), "color": "red"}, {"age": 3, "color": "RED"}],
+    [{"age": 2**40, "color": "red"}],
+    [{"color": "red"}],
+]
+
+
+@pytest.mark.parametrize("records", RECORD_SETS, ids=range(len(RECORD_SETS)))
+def test_plain_json_rows_take_the_pandas_free_check_with_the_report_of_the_dataframe_path(table, records):
+    import pandas as pd
+
+    from keel.serve.table import CsvTable, check_table, encode_table
+
+    parsed = parse(table, "json", json.dumps({"rows": records}).encode())
+    assert isinstance(parsed.rows.data, CsvTable)
+    fast = check_table(TABLE, parsed.rows.data, "request.json")
+    df = pd.DataFrame.from_records(records)
+    df = df.drop(columns=[c for c in ("label",) if c in df.columns])
+    slow = TABLE.check(df, "request.json", with_target=False)
+    assert fast.to_dict() == slow.to_dict()
+    assert [None if v.rows is None else v.rows.tolist() for v in fast.violations] == \
+        [None if v.rows is None else v.rows.tolist() for v in slow.violations]
+    if fast.ok:
+        np.testing.assert_array_equal(encode_table(TABLE, parsed.rows.data), TABLE.encode_features(df))
+
+
+@pytest.mark.parametrize("records", [
+    [{"age": True, "color": "red"}],          # a boolean in a numeric column
+    [{"age": "30", "color": "red"}],          # a string in a numeric column
+    [{"age": 3, "color": 1}],                 # a number in a category column
+    [{"age": 3, "color": None}],              # a category column with nothing in it
+    [{"age": 2**70, "color": "red"}],         # beyond int64
+    [{"age": [1, 2], "color": "red"}],        # not a scalar
+], ids=["bool", "str-number", "int-category", "all-missing", "huge-int", "list"])
+def test_other_json_rows_go_to_pandas_and_get_its_report(table, records):
+    import pandas as pd
+
+    parsed = parse(table, "json", json.dumps({"rows": records}).encode())
+    assert isinstance(parsed.rows.data, pd.DataFrame)
+    expected = TABLE.check(parsed.rows.data, "request.json", with_target=False)
+    try:  # a prediction or the DataFrame's own report, never another error
+        table.encode_rows(parsed.rows, parsed.source)
+        assert expected.ok
+    except ContractViolationError as e:
+        assert e.reports[0].to_dict() == expected.to_dict()

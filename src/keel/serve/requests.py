@@ -218,13 +218,55 @@ def json_array(value: list, dtype: str) -> Any:
     return arr
 
 
-def _table_rows(contract: Any, records: list, keep: tuple[str, ...]) -> Parsed:
-    import pandas as pd
+_INT64 = 1 << 63
 
+
+def json_table(contract: Any, records: list[dict], drop: tuple[str, ...] = ()) -> Any:
+    """JSON records as the :class:`keel.serve.table.CsvTable` that ``pandas.DataFrame.from_records``
+    would type the same way, for the pandas-free check (``check_table``, ~1 ms instead of ~8 ms
+    for pandas + pandera on one row); None when any contract column is not plain, leaving the
+    records to pandas: numeric columns must hold only JSON numbers (no booleans, integers within
+    int64) or null/missing (int64 when all are integers, else float64 with NaN), category columns
+    only strings or null/missing, and not all missing. ``drop``: keys that are not inputs (the
+    target, ``keep`` columns). tests/unit/test_serve_requests.py holds both paths to the same
+    report and encoding."""
+    from keel.serve.table import CsvTable
+
+    header = tuple(k for k in dict.fromkeys(k for r in records for k in r) if k not in drop)
+    present = set(header)
+    numeric: dict[str, np.ndarray] = {}
+    text: dict[str, list[str | None]] = {}
+    for c in contract.columns:
+        if c.name not in present:
+            continue
+        values = [r.get(c.name) for r in records]
+        if c.numeric:
+            if all(type(v) is int and -_INT64 <= v < _INT64 for v in values):
+                numeric[c.name] = np.array(values, dtype=np.int64)
+            elif all(v is None or type(v) in (int, float) for v in values) and \
+                    all(type(v) is not int or -_INT64 <= v < _INT64 for v in values):
+                numeric[c.name] = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+            else:
+                return None
+        else:
+            if not all(v is None or type(v) is str for v in values) or all(v is None for v in values):
+                return None
+            text[c.name] = values
+    return CsvTable(header, len(records), numeric, text)
+
+
+def _table_rows(contract: Any, records: list, keep: tuple[str, ...]) -> Parsed:
     bad = [i for i, r in enumerate(records) if not isinstance(r, dict)]
     if bad:
         raise RequestError(400, f"rows {bad[:5]}{' ...' if len(bad) > 5 else ''} are not JSON objects: expected "
                                 "{\"rows\": [{\"column\": value, ...}, ...]}")
+    features = set(contract.feature_names)
+    if not keep:
+        table = json_table(contract, records, drop=(contract.target,) if contract.target not in features else ())
+        if table is not None:
+            return Parsed(_rows(table, len(records)), "request.json", JSON)
+    import pandas as pd
+
     df = pd.DataFrame.from_records(records)
     missing = [c for c in keep if c not in df.columns]
     if missing:
@@ -232,7 +274,6 @@ def _table_rows(contract: Any, records: list, keep: tuple[str, ...]) -> Parsed:
                                 f"{', '.join(map(str, df.columns))})")
     carried = {c: ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in df[c].tolist()]
                for c in keep}
-    features = set(contract.feature_names)
     target = contract.target
     y = df[target] if target in df.columns else None
     drop = [c for c in (*keep, target) if c in df.columns and c not in features]

@@ -164,6 +164,10 @@ def test_predict_json_rows_and_csv_as_keel_predict_does(table_server, table_bund
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
     status, data, _ = table_server.call("POST", "/predict", (tmp_path / "x.csv").read_bytes(), "text/csv")
     assert status == 200 and json.loads(data)["predictions"] == got["predictions"]
+    frame.to_parquet(tmp_path / "x.parquet", index=False)
+    status, data, _ = table_server.call("POST", "/predict", (tmp_path / "x.parquet").read_bytes(),
+                                        "application/vnd.apache.parquet")
+    assert status == 200 and json.loads(data)["predictions"] == got["predictions"]
     # ?keep carries an ID (JSON rows), as --keep does
     rows = [{"id": f"r{i}", **r} for i, r in enumerate(frame.iloc[:2].to_dict("records"))]
     status, kept = table_server.json("POST", "/predict?keep=id", {"rows": rows})
@@ -377,5 +381,26 @@ def test_tensor_bundle_json_inputs_npy_upload_and_int8(digits_bundle, tmp_path, 
         m = server.metrics()
         assert m[("keel_drift_window_rows", ())] == 12 and ("keel_drift_psi", (("feature", "x63"),)) in m
         assert not math.isnan(m[("keel_drift_psi", (("feature", "x10"),))])
+    finally:
+        assert server.stop() == 0, server.text()
+
+
+def test_a_regression_bundle_answers_predictions_and_fills_the_histogram(tmp_path):
+    from sklearn.datasets import load_diabetes
+
+    bundle = _train(tmp_path / "run", "data=diabetes", "trainer.max_epochs=2")
+    frame = load_diabetes(as_frame=True).frame.iloc[:10]
+    frame.to_csv(tmp_path / "x.csv", index=False)  # the target column is left out, as keel predict does
+    assert _keel("predict", str(bundle), str(tmp_path / "x.csv"), "--output", str(tmp_path / "p.json")) == 0
+    expected = [p["prediction"] for p in json.loads((tmp_path / "p.json").read_text())]
+    server = Server(bundle, tmp_path)
+    try:
+        status, got = server.json("POST", "/predict", {"rows": frame.to_dict("records")})
+        assert status == 200 and got["task"] == "regression"
+        assert [p["prediction"] for p in got["predictions"]] == pytest.approx(expected, rel=1e-6)
+        m = server.metrics()
+        assert m[("keel_prediction_count", ())] == 10 and m[("keel_prediction_sum", ())] == pytest.approx(sum(expected))
+        status, info = server.json("GET", "/info")
+        assert info["target"]["name"] == "target" and "classes" not in info
     finally:
         assert server.stop() == 0, server.text()

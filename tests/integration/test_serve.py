@@ -404,3 +404,26 @@ def test_a_regression_bundle_answers_predictions_and_fills_the_histogram(tmp_pat
         assert info["target"]["name"] == "target" and "classes" not in info
     finally:
         assert server.stop() == 0, server.text()
+
+
+def test_two_workers_serve_the_bundle_and_stop_on_sigterm(digits_bundle, tmp_path):
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:3].reshape(-1, 1, 8, 8).astype(np.float32)
+    server = Server(digits_bundle, tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the parent binds the socket; a worker answers once it has loaded the bundle
+            try:
+                if server.call("GET", "/ready")[0] == 200:
+                    break
+            except ConnectionError:
+                pass
+            assert time.monotonic() < deadline, server.text()
+            time.sleep(0.1)
+        for _ in range(4):
+            status, got = server.json("POST", "/predict", {"inputs": x.tolist()})
+            assert status == 200 and got["rows"] == 3
+    finally:
+        assert server.stop() == 0, server.text()
+    assert server.text().count("keel serve: stopped") == 2

@@ -25,7 +25,7 @@ import io
 import json
 import math
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -281,9 +281,5 @@ def _table_rows(contract: Any, records: list, keep: tuple[str, ...]) -> Parsed:
     return Parsed(_rows(data, len(df), y, carried), "request.json", JSON)
 
 
-def with_source(parsed: Parsed, source: str) -> Parsed:
-    return replace(parsed, source=source)
-
-
-__all__ = ["CONTENT_TYPES", "Parsed", "RequestError", "body_kind", "check_length", "json_array", "on_invalid_mode",
-           "parse", "too_large"]
+__all__ = ["CONTENT_TYPES", "Parsed", "RequestError", "body_kind", "check_length", "json_array", "json_table",
+           "on_invalid_mode", "parse", "too_large"]

@@ -360,8 +360,9 @@ def app_from_env() -> Any:
     return create_app(ServeOptions(**json.loads(os.environ[ENV])))
 
 
-def log_config(access_log: bool) -> dict[str, Any]:
-    """uvicorn's logging config, with keel's serving logger on its handler."""
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging config, with keel's serving logger (``keel.serve``: ready, stopped, drift
+    alerts) on its stderr handler."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
@@ -385,7 +386,7 @@ def serve(options: ServeOptions) -> int:
     if problems:
         raise KeelError("invalid keel serve options: " + "; ".join(problems))
     opened = open_bundle(options)
-    common = dict(host=options.host, port=options.port, log_config=log_config(options.access_log),
+    common = dict(host=options.host, port=options.port, log_config=log_config(),
                   access_log=options.access_log, timeout_graceful_shutdown=math.ceil(options.graceful_timeout_s),
                   lifespan="on")
     # uvicorn re-raises the signal it shut down on once it has finished (so a default handler

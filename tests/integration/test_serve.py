@@ -313,7 +313,7 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(table_s
 
 
 def test_a_window_merges_concurrent_requests_then_sigterm_finishes_the_one_in_flight(table_bundle, tmp_path):
-    server = Server(table_bundle, tmp_path, "--batch-window-ms", "1000")  # a lone request waits 1 s
+    server = Server(table_bundle, tmp_path, "--batch-window-ms", "2000")  # a lone request waits 2 s
     rows = _frame(6).to_dict("records")
     answers: dict[int, tuple] = {}
 
@@ -339,11 +339,20 @@ def test_a_window_merges_concurrent_requests_then_sigterm_finishes_the_one_in_fl
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while server.metrics()[("keel_predict_in_flight", ())] < 1:  # it waits in the batch window
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(ConnectionRefusedError):  # new connections are refused at once
-        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    deadline = time.monotonic() + 5
+    while True:  # new connections are refused once uvicorn sees the signal (it looks every 0.1 s)
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "still accepting connections 5 s after SIGTERM"
+        time.sleep(0.05)
+    assert t.is_alive()  # the request in flight was still waiting when new ones were refused
     t.join(timeout=20)
     status, got = answer["got"]
     assert status == 200 and got["rows"] == 1  # the request in flight was answered

@@ -3,7 +3,8 @@ and the live drift of the rows it serves.
 
 Metrics (one registry per app, so several apps in one process do not share counts):
 
-- ``keel_requests_total{endpoint,status}``, ``keel_request_seconds{endpoint}`` (whole request)
+- ``keel_requests_total{endpoint,status}``, ``keel_request_seconds{endpoint}`` (whole request),
+  ``keel_predict_in_flight``
 - ``keel_model_seconds`` (one ONNX Runtime call), ``keel_batch_rows``, ``keel_batch_requests``
 - ``keel_rows_predicted_total``, ``keel_contract_rejections_total{rule,column}`` (failing rows
   per violated rule, as the 422 report counts them; rows skipped with ``on_invalid=skip``
@@ -175,6 +176,7 @@ class ServeMetrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("keel_requests", "HTTP requests by endpoint and status code",
                                 ("endpoint", "status"), registry=r)
+        self.in_flight = Gauge("keel_predict_in_flight", "POST /predict requests being answered", registry=r)
         self.request_seconds = Histogram("keel_request_seconds", "Whole-request latency (seconds)", ("endpoint",),
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.model_seconds = Histogram("keel_model_seconds", "One ONNX Runtime call (seconds)",

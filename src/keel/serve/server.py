@@ -160,6 +160,9 @@ class _Accounting:
             return
         start = time.perf_counter()
         status = [500]
+        predicting = scope.get("path") == "/predict"
+        if predicting:
+            self.metrics.in_flight.inc()
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -170,6 +173,8 @@ class _Accounting:
             await self.app(scope, receive, sending)
         finally:
             self.metrics.request(scope.get("path", ""), status[0], time.perf_counter() - start)
+            if predicting:
+                self.metrics.in_flight.dec()
 
 
 def create_app(options: ServeOptions, opened: tuple[Any, str] | None = None) -> Any:

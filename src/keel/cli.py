@@ -6,6 +6,7 @@
     keel bundle verify DIR                                  exit 1 when a bundle's files or outputs changed
     keel predict DIR INPUT [--output FILE] [--keep COL]     predictions (labels and probabilities, or values)
     keel evaluate DIR FILE [--output FILE]                  the task's metrics on a labelled file (no torch)
+    keel serve DIR [--host H] [--port P] [--workers N]      an HTTP server for the bundle (no torch)
     keel sweep report MULTIRUN_DIR                          every job of a sweep, best first
     keel replay RUN_DIR                                     re-run a run; exit 1 when its metrics differ
 
@@ -237,6 +238,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from keel.serve.server import ServeOptions, serve
+
+    return serve(ServeOptions(
+        bundle=args.dir, int8=args.int8, host=args.host, port=args.port, workers=args.workers,
+        batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
+        drift_window=args.drift_window, drift_interval_s=args.drift_interval, graceful_timeout_s=args.graceful_timeout,
+        access_log=args.access_log))
+
+
 def _sweep_report(args: argparse.Namespace) -> int:
     from keel.sweep.report import build_report, format_csv, format_markdown, format_terminal
 
@@ -333,6 +344,27 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                           help="rows that break the contract: fail (default) or skip (evaluate the others)")
     evaluate.add_argument("--invalid-output", help="where skipped rows go (default: <output or input>.invalid.csv)")
     evaluate.set_defaults(func=_evaluate)
+
+    srv = sub.add_parser("serve", help="serve a bundle over HTTP (ONNX Runtime; no torch): POST /predict, GET /health, "
+                                       "/ready, /info, /metrics")
+    srv.add_argument("dir", help="bundle directory (verified before anything listens)")
+    srv.add_argument("--int8", action="store_true", help="serve the bundle's int8 model")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                                                         "0.0.0.0 for every interface)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, logged)")
+    srv.add_argument("--workers", type=int, default=1, help="server processes (each loads the bundle and keeps its "
+                                                            "own metrics and drift window)")
+    srv.add_argument("--batch-window-ms", type=float, default=2.0,
+                     help="how long a request waits for others to share its model call (default 2 ms)")
+    srv.add_argument("--max-batch", type=int, default=64, help="most rows in one model call (default 64)")
+    srv.add_argument("--max-body-bytes", type=int, default=16 << 20, help="larger request bodies get 413 (default 16 MiB)")
+    srv.add_argument("--drift-window", type=int, default=1000, help="served rows compared with the bundle's reference "
+                                                                    "statistics (default 1000)")
+    srv.add_argument("--drift-interval", type=float, default=1.0, help="seconds between drift comparisons (default 1)")
+    srv.add_argument("--graceful-timeout", type=float, default=30.0,
+                     help="on SIGTERM, seconds in-flight requests may take before they are cancelled (default 30)")
+    srv.add_argument("--access-log", action="store_true", help="log one line per request (uvicorn's access log)")
+    srv.set_defaults(func=_serve)
 
     if command == "replay":
         from keel.replay import add_replay_parser

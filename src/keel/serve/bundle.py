@@ -50,12 +50,14 @@ class Rows:
 @dataclass
 class Encoded:
     """Contract-checked rows: ``x`` (model input), ``y`` (encoded targets or None), ``rows``
-    (the file's row ids of ``x``), ``invalid`` (row id -> the rules it breaks, rows left out)."""
+    (the file's row ids of ``x``), ``invalid`` (row id -> the rules it breaks, rows left out),
+    ``report`` (the check's report when ``skip`` left rows out, else None)."""
 
     x: np.ndarray
     y: np.ndarray | None
     rows: np.ndarray
     invalid: dict[int, list[str]]
+    report: ContractReport | None = None
 
 
 def _subset(data: Any, idx: np.ndarray) -> Any:
@@ -292,7 +294,7 @@ class ContractInput:
         if with_target:
             y = self.contract.encode_labels(np.asarray(rows.target)[keep_rows] if not self.is_table
                                             else rows.target.iloc[keep_rows])
-        return Encoded(x, y, keep_rows, dict(sorted(invalid.items())))
+        return Encoded(x, y, keep_rows, dict(sorted(invalid.items())), report if invalid else None)
 
 
 

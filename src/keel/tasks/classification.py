@@ -163,5 +163,10 @@ class Classification(Task):
         return [{"label": names[k], "class": classes[k], "probabilities": dict(zip(names, map(float, probs[i])))}
                 for i, k in enumerate(probs.argmax(axis=1).tolist())]
 
+    def serve_summary(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """What ``keel serve`` counts of its answers: each prediction record's ``label``, one
+        counter per class name (all of them, so a class never predicted shows 0)."""
+        return {"kind": "counts", "key": "label", "values": list(manifest["class_names"])}
+
 
 __all__ = ["Classification"]

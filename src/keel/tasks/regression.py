@@ -168,5 +168,16 @@ class Regression(Task):
         (pred,) = outputs
         return [{"prediction": float(v)} for v in pred]
 
+    def serve_summary(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """What ``keel serve`` records of its answers: a histogram of each record's ``prediction``
+        over 10 equal buckets spanning the training target's [min, max] (the contract's
+        ``target_range`` when the manifest has no observed range; else [0, 1])."""
+        target = manifest.get("target") or {}
+        lo, hi = target.get("min"), target.get("max")
+        if lo is None or hi is None or not hi > lo:
+            lo, hi = target.get("range") or (0.0, 1.0)
+        step = (float(hi) - float(lo)) / 10
+        return {"kind": "histogram", "key": "prediction", "buckets": [float(lo) + i * step for i in range(11)]}
+
 
 __all__ = ["Regression"]

@@ -1,0 +1,295 @@
+"""What ``keel serve`` exposes on ``GET /metrics`` (Prometheus text format, prometheus-client),
+and the live drift of the rows it serves.
+
+Metrics (one registry per app, so several apps in one process do not share counts):
+
+- ``keel_requests_total{endpoint,status}``, ``keel_request_seconds{endpoint}`` (whole request),
+  ``keel_predict_in_flight``
+- ``keel_model_seconds`` (one ONNX Runtime call), ``keel_batch_rows``, ``keel_batch_requests``
+- ``keel_rows_predicted_total``, ``keel_contract_rejections_total{rule,column}`` (failing rows
+  per violated rule, as the 422 report counts them; rows skipped with ``on_invalid=skip``
+  count too)
+- classification: ``keel_predictions_total{label}``; regression: ``keel_prediction`` (histogram
+  over the training target's range); the task decides (``Task.serve_summary``)
+- drift, per reference feature: ``keel_drift_psi``, ``keel_drift_js``, ``keel_drift_p_adjusted``
+  (NaN until the window can be compared), ``keel_drift_testable`` (0: too few rows in the
+  window for the noise test; such a feature never alerts), ``keel_drift_alert`` (1 in alert),
+  ``keel_drift_state`` (state set: ok, warn, alert, untestable, empty); and
+  ``keel_drift_window_rows``, ``keel_drift_alerts``.
+
+Drift: a sliding window of the last ``window`` served rows (rows the contract accepted, the rows
+the model saw), compared with the bundle's reference statistics by
+:func:`keel.data.drift.compare` (the code of ``keel drift``, with the bundle's thresholds from its
+config ``data.drift``), so the same rows give the same PSI as ``keel drift BUNDLE rows.csv``.
+A feature entering or leaving ``alert`` is logged (logger ``keel.serve``, WARNING / INFO).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("keel.serve")
+
+ENDPOINTS = ("/predict", "/health", "/ready", "/info", "/metrics")
+DRIFT_STATES = ("ok", "warn", "alert", "untestable", "empty")
+# latency buckets (seconds): 0.25 ms .. 10 s
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def drift_thresholds(manifest: Mapping[str, Any]) -> Any:
+    """The bundle's drift thresholds: its config's ``data.drift`` (without ``enabled``), as the
+    run used them; defaults for keys it lacks (older bundles have no ``alpha``)."""
+    from keel.data.drift import DriftThresholds
+
+    drift = ((manifest.get("config") or {}).get("data") or {}).get("drift")
+    if not isinstance(drift, Mapping):
+        return DriftThresholds()
+    return DriftThresholds.from_dict({k: v for k, v in drift.items() if k != "enabled"})
+
+
+def drift_columns(bundle: Any, data: Any, x: np.ndarray, kept: np.ndarray) -> dict[str, np.ndarray]:
+    """The drift columns of the rows ``kept`` (row ids into ``data``) as ``keel drift`` builds
+    them from a file: tables from the raw values (``table_drift_columns``; for the pandas-free
+    CSV table the same numbers and strings), tensors from the model input ``x`` (those rows)."""
+    from keel.data.drift import tensor_drift_columns
+    from keel.serve.table import CsvTable
+
+    if not bundle.is_table:
+        return tensor_drift_columns(x)
+    contract = bundle.contract
+    if isinstance(data, CsvTable):
+        out: dict[str, np.ndarray] = {}
+        for c in contract.columns:
+            if c.numeric:
+                out[c.name] = data.numeric[c.name][kept].astype(np.float64)
+            else:
+                values = data.text[c.name]
+                out[c.name] = np.array([values[i] for i in kept.tolist()], dtype=object)
+        return out
+    from keel.data.table_io import table_drift_columns
+
+    return table_drift_columns(data.iloc[kept].reset_index(drop=True), contract)[0]
+
+
+class DriftWindow:
+    """The last ``size`` served rows' drift columns and their comparison with ``reference``.
+
+    Thread-safe: rows are added from the event loop, :meth:`update` may run in a thread.
+    """
+
+    def __init__(self, reference: Mapping[str, Any], thresholds: Any, size: int = 1000) -> None:
+        if not isinstance(size, int) or size < 1:
+            from keel.errors import KeelError
+
+            raise KeelError(f"drift window {size!r}: expected a number of rows >= 1, e.g. 1000")
+        self.reference, self.thresholds, self.size = reference, thresholds, size
+        self.features = list(reference["features"])
+        self._chunks: deque[tuple[int, dict[str, np.ndarray]]] = deque()
+        self._rows = 0
+        self._lock = threading.Lock()
+        self._dirty = False
+        self.result: dict[str, Any] | None = None
+        self.alerting: set[str] = set()
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def add(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Append rows (feature -> 1-D column, equal lengths); the oldest beyond ``size`` go."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        if not n:
+            return
+        chunk = {f: np.asarray(columns[f]) for f in self.features}
+        with self._lock:
+            self._chunks.append((n, chunk))
+            self._rows += n
+            while self._rows - self._chunks[0][0] >= self.size:
+                self._rows -= self._chunks.popleft()[0]
+            self._dirty = True
+
+    def window(self) -> dict[str, np.ndarray]:
+        """The window's columns: the last ``size`` rows (at most)."""
+        with self._lock:
+            chunks = list(self._chunks)
+            rows = self._rows
+        if not chunks:
+            return {}
+        skip = max(0, rows - self.size)
+        return {f: np.concatenate([c[f] for _, c in chunks])[skip:] for f in self.features}
+
+    def update(self) -> tuple[list[str], list[str]] | None:
+        """Compare the window with the reference when rows came since the last time.
+
+        Returns ``(entered, left)``: features that entered / left ``alert`` (None: nothing new).
+        """
+        from keel.data.drift import compare
+
+        with self._lock:
+            if not self._dirty:
+                return None
+            self._dirty = False
+        columns = self.window()
+        if not columns:
+            return None
+        result = compare(self.reference, columns, self.thresholds)
+        now = {name for name, f in result["features"].items() if f["status"] == "alert"}
+        entered, left = sorted(now - self.alerting), sorted(self.alerting - now)
+        self.result, self.alerting = result, now
+        return entered, left
+
+    @staticmethod
+    def state(feature: Mapping[str, Any] | None) -> str:
+        """ok / warn / alert, or untestable (values on both sides, too few for the noise test,
+        so no alert), or empty (no comparison yet)."""
+        if feature is None:
+            return "empty"
+        if feature["status"] != "ok":
+            return feature["status"]
+        return "ok" if feature["testable"] else "untestable"
+
+
+def _nan(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+class ServeMetrics:
+    """Every metric of one app, in its own prometheus-client registry.
+
+    Args:
+        task: the bundle's task (``serve_summary`` says how predictions are counted).
+        manifest: the bundle's manifest.
+        drift: the app's :class:`DriftWindow`, or None (no reference statistics).
+    """
+
+    def __init__(self, task: Any, manifest: Mapping[str, Any], drift: DriftWindow | None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("keel_requests", "HTTP requests by endpoint and status code",
+                                ("endpoint", "status"), registry=r)
+        self.in_flight = Gauge("keel_predict_in_flight", "POST /predict requests being answered", registry=r)
+        self.request_seconds = Histogram("keel_request_seconds", "Whole-request latency (seconds)", ("endpoint",),
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.model_seconds = Histogram("keel_model_seconds", "One ONNX Runtime call (seconds)",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("keel_batch_rows", "Rows per ONNX Runtime call", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_requests = Histogram("keel_batch_requests", "Requests merged into one ONNX Runtime call",
+                                        buckets=BATCH_BUCKETS, registry=r)
+        self.rows_predicted = Counter("keel_rows_predicted", "Rows predicted", registry=r)
+        self.rejections = Counter("keel_contract_rejections", "Rows failing a contract rule, by rule and column",
+                                  ("rule", "column"), registry=r)
+        self.summary = task.serve_summary(dict(manifest))
+        if self.summary["kind"] == "counts":
+            self.predictions = Counter("keel_predictions", "Predicted classes", ("label",), registry=r)
+            for v in self.summary["values"]:
+                self.predictions.labels(str(v))
+        else:
+            buckets = sorted(set(self.summary["buckets"]))
+            self.predictions = Histogram("keel_prediction", "Predicted values (the target's units)",
+                                         buckets=buckets, registry=r)
+        self.drift = drift
+        self._drift_lock = threading.Lock()  # one comparison at a time: alert changes are logged once
+        labels = ("feature",)
+        self.drift_psi = Gauge("keel_drift_psi", "PSI of the drift window against the bundle's reference", labels,
+                               registry=r)
+        self.drift_js = Gauge("keel_drift_js", "Jensen-Shannon divergence (base 2) of the drift window", labels,
+                              registry=r)
+        self.drift_p = Gauge("keel_drift_p_adjusted", "Benjamini-Hochberg adjusted p-value of the noise test",
+                             labels, registry=r)
+        self.drift_testable = Gauge("keel_drift_testable",
+                                    "1 when the window has enough rows for the noise test (0: never alerts)",
+                                    labels, registry=r)
+        self.drift_alert = Gauge("keel_drift_alert", "1 while the feature is in alert", labels, registry=r)
+        self.drift_state = Enum("keel_drift_state", "Drift state of the feature", labels, states=list(DRIFT_STATES),
+                                registry=r)
+        self.drift_rows = Gauge("keel_drift_window_rows", "Rows in the drift window", registry=r)
+        self.drift_alerts = Gauge("keel_drift_alerts", "Features in alert", registry=r)
+        if drift is not None:
+            self.drift_rows.set(0)
+            self.drift_alerts.set(0)
+            for f in drift.features:
+                for g in (self.drift_psi, self.drift_js, self.drift_p):
+                    g.labels(f).set(math.nan)
+                self.drift_testable.labels(f).set(0)
+                self.drift_alert.labels(f).set(0)
+                self.drift_state.labels(f).state("empty")
+
+    # ------------------------------------------------------------------ recording
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        name = endpoint if endpoint in ENDPOINTS else "other"  # bounded label values
+        self.requests.labels(name, str(status)).inc()
+        self.request_seconds.labels(name).observe(seconds)
+
+    def batch(self, rows: int, requests: int, seconds: float) -> None:
+        self.model_seconds.observe(seconds)
+        self.batch_rows.observe(rows)
+        self.batch_requests.observe(requests)
+
+    def rejected(self, reports: Any) -> None:
+        for report in reports:
+            for v in report.violations:
+                self.rejections.labels(v.rule, v.feature).inc(max(int(v.failing), 1))
+
+    def predicted(self, records: list[dict[str, Any]]) -> None:
+        self.rows_predicted.inc(len(records))
+        key = self.summary["key"]
+        if self.summary["kind"] == "counts":
+            for r in records:
+                self.predictions.labels(str(r[key])).inc()
+        else:
+            for r in records:
+                self.predictions.observe(float(r[key]))
+
+    def update_drift(self) -> None:
+        """Compare the drift window (when new rows came) and set the gauges; log alert changes."""
+        if self.drift is None:
+            return
+        with self._drift_lock:
+            self._update_drift()
+
+    def _update_drift(self) -> None:
+        changed = self.drift.update()
+        self.drift_rows.set(min(self.drift.rows, self.drift.size))
+        if changed is None or self.drift.result is None:
+            return
+        result = self.drift.result
+        for name, f in result["features"].items():
+            self.drift_psi.labels(name).set(_nan(f["psi"]))
+            self.drift_js.labels(name).set(_nan(f["js"]))
+            self.drift_p.labels(name).set(_nan(f["p_adjusted"]))
+            self.drift_testable.labels(name).set(1 if f["testable"] else 0)
+            self.drift_alert.labels(name).set(1 if f["status"] == "alert" else 0)
+            self.drift_state.labels(name).state(DriftWindow.state(f))
+        self.drift_alerts.set(len(self.drift.alerting))
+        entered, left = changed
+        rows = result["summary"]["rows"]
+        for name in entered:
+            f = result["features"][name]
+            log.warning("drift: feature %r entered alert (psi %s, js %s, p_adjusted %s, window %d rows)",
+                        name, _fmt(f["psi"]), _fmt(f["js"]), _fmt(f["p_adjusted"]), rows)
+        for name in left:
+            f = result["features"][name]
+            log.info("drift: feature %r left alert (psi %s, state %s, window %d rows)",
+                     name, _fmt(f["psi"]), DriftWindow.state(f), rows)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.4g}"
+
+
+__all__ = ["DRIFT_STATES", "DriftWindow", "ServeMetrics", "drift_columns", "drift_thresholds"]

@@ -691,6 +691,22 @@ def _class_counts(labels: Any, index: Mapping[Any, int], n_classes: int, what: s
     return counts
 
 
+
+def _label_report(ref: np.ndarray, cur: np.ndarray, classes: list, thresholds: DriftThresholds) -> dict:
+    """The label-shift report of reference and current counts per class (then unknown)."""
+    n_ref, n_cur = int(ref.sum()), int(cur.sum())
+    bucket = slice(None) if ref[-1] or cur[-1] else slice(0, len(classes))
+    out = {
+        "classes": classes,
+        "reference": [_rate(int(k), n_ref) for k in ref[:-1]],
+        "current": [_rate(int(k), n_cur) for k in cur[:-1]],
+        "unknown": {"reference": _rate(int(ref[-1]), n_ref), "current": _rate(int(cur[-1]), n_cur)},
+        "counts": {"reference": [int(k) for k in ref], "current": [int(k) for k in cur]},
+        **_metrics(cur[bucket], ref[bucket], n_cur, n_ref, thresholds, "js", ordered=False),
+    }
+    _decide([out], thresholds)
+    return out
+
 def label_shift(reference_labels: np.ndarray, labels: np.ndarray, classes: Sequence, thresholds: DriftThresholds) -> dict:
     """Class-distribution shift of ``labels`` against ``reference_labels``.
 
@@ -725,19 +741,7 @@ def label_shift(reference_labels: np.ndarray, labels: np.ndarray, classes: Seque
     if len(index) != len(classes):
         raise DriftError(f"classes={classes!r}: values must be unique")
     ref = _class_counts(reference_labels, index, len(classes), "reference_labels")
-    cur = _class_counts(labels, index, len(classes), "labels")
-    n_ref, n_cur = int(ref.sum()), int(cur.sum())
-    bucket = slice(None) if ref[-1] or cur[-1] else slice(0, len(classes))
-    out = {
-        "classes": classes,
-        "reference": [_rate(int(k), n_ref) for k in ref[:-1]],
-        "current": [_rate(int(k), n_cur) for k in cur[:-1]],
-        "unknown": {"reference": _rate(int(ref[-1]), n_ref), "current": _rate(int(cur[-1]), n_cur)},
-        "counts": {"reference": [int(k) for k in ref], "current": [int(k) for k in cur]},
-        **_metrics(cur[bucket], ref[bucket], n_cur, n_ref, thresholds, "js", ordered=False),
-    }
-    _decide([out], thresholds)
-    return out
+    return _label_report(ref, _class_counts(labels, index, len(classes), "labels"), classes, thresholds)
 
 
 # --------------------------------------------------------------------------- regression target
@@ -1286,19 +1290,7 @@ def label_shift_counts(reference_counts: Sequence[int], labels: np.ndarray, clas
                          f"got {len(reference_counts)}")
     index = {c: i for i, c in enumerate(classes)}
     ref = np.asarray(reference_counts, dtype=np.int64)
-    cur = _class_counts(labels, index, len(classes), "labels")
-    n_ref, n_cur = int(ref.sum()), int(cur.sum())
-    bucket = slice(None) if ref[-1] or cur[-1] else slice(0, len(classes))
-    out = {
-        "classes": classes,
-        "reference": [_rate(int(k), n_ref) for k in ref[:-1]],
-        "current": [_rate(int(k), n_cur) for k in cur[:-1]],
-        "unknown": {"reference": _rate(int(ref[-1]), n_ref), "current": _rate(int(cur[-1]), n_cur)},
-        "counts": {"reference": [int(k) for k in ref], "current": [int(k) for k in cur]},
-        **_metrics(cur[bucket], ref[bucket], n_cur, n_ref, thresholds, "js", ordered=False),
-    }
-    _decide([out], thresholds)
-    return out
+    return _label_report(ref, _class_counts(labels, index, len(classes), "labels"), classes, thresholds)
 
 
 def shared_row_mask(reference: np.ndarray, other: np.ndarray) -> np.ndarray:

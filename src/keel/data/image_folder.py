@@ -431,20 +431,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         return decoded.x, self._targets[rows].copy()
 
     def data_report(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "layout": self.layout,
-            "contract": self.contract.to_dict(),
-            "fingerprint": self.contract.fingerprint(),
-            "class_names": self.class_names,
-            "verify": self.verify,
-            "check_seconds": round(self.check_seconds, 3),
-            "preprocessing_images": self.stats_images,
-            "on_violation": self.on_violation,
-            "splits": {k: r.to_dict() for k, r in self.reports.items()},
-            "split_sizes": self.split_sizes(),
-            "dropped": self.dropped or {"total": 0, "splits": {}},
-        }
+        from keel.data.protocol import contract_data_report
+
+        return contract_data_report(self, layout=self.layout, class_names=self.class_names, verify=self.verify,
+                                    check_seconds=round(self.check_seconds, 3),
+                                    preprocessing_images=self.stats_images)
 
     # ------------------------------------------------------------------ reading the folder
     def _scan(self) -> tuple[list[str], list[str], list[str], dict[int, ImageProblem]]:

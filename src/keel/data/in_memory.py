@@ -384,15 +384,9 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def data_report(self) -> dict[str, Any]:
         """Contract reports of every split and what was dropped, as plain data (for JSON)."""
-        return {
-            "source": self.source,
-            "contract": self.contract.to_dict(),
-            "fingerprint": self.contract.fingerprint(),
-            "on_violation": self.on_violation,
-            "splits": {k: r.to_dict() for k, r in self.reports.items()},
-            "split_sizes": self.split_sizes(),
-            "dropped": self.dropped or {"total": 0, "splits": {}},
-        }
+        from keel.data.protocol import contract_data_report
+
+        return contract_data_report(self)
 
     # ------------------------------------------------------------------ loaders
     def _rank_world(self) -> tuple[int, int]:

@@ -150,4 +150,20 @@ def check_data_module(dm: Any, task: str | None = None) -> None:
                               f"missing):\n{lines}\n{FIX}")
 
 
-__all__ = ["DataModuleError", "KeelDataModule", "check_data_module", "protocol_problems"]
+__all__ = ["DataModuleError", "KeelDataModule", "check_data_module", "contract_data_report", "protocol_problems"]
+
+
+def contract_data_report(dm: Any, **extra: Any) -> dict[str, Any]:
+    """``data_report()`` of a keel data module after setup: its source, contract and fingerprint,
+    ``on_violation``, every split's contract report, split sizes and what was dropped, plus the
+    module's own ``extra`` keys; plain data (for ``<run>/data/contract_report.json``)."""
+    return {
+        "source": dm.source,
+        "contract": dm.contract.to_dict(),
+        "fingerprint": dm.contract.fingerprint(),
+        **extra,
+        "on_violation": dm.on_violation,
+        "splits": {k: r.to_dict() for k, r in dm.reports.items()},
+        "split_sizes": dm.split_sizes(),
+        "dropped": dm.dropped or {"total": 0, "splits": {}},
+    }

@@ -981,19 +981,15 @@ class StreamingTableDataModule(L.LightningDataModule):
         return got["x"], got["y"]
 
     def data_report(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "contract": self.contract.to_dict(),
-            "fingerprint": self.contract.fingerprint(),
-            "on_violation": self.on_violation,
-            "splits": {k: r.to_dict() for k, r in self.reports.items()},
-            "split_sizes": self.split_sizes(),
-            "dropped": self.dropped or {"total": 0, "splits": {}},
-            "streaming": {"parquet": str(self.table.path), "row_groups": self.table.groups, "rows": self.table.rows,
-                          "split": {"rule": "seeded hash of the global row index", "seed": self.split_seed,
-                                    "val_share": self.rule.val, "test_share": self.rule.test,
-                                    "holdout_rows": self.holdout_rows}},
-        }
+        from keel.data.protocol import contract_data_report
+
+        return contract_data_report(
+            self,
+            streaming={"parquet": str(self.table.path), "row_groups": self.table.groups, "rows": self.table.rows,
+                       "split": {"rule": "seeded hash of the global row index", "seed": self.split_seed,
+                                 "val_share": self.rule.val, "test_share": self.rule.test,
+                                 "holdout_rows": self.holdout_rows}},
+        )
 
     # ------------------------------------------------------------------ loaders
     def _rank_world(self) -> tuple[int, int]:

@@ -109,3 +109,98 @@ def test_regression_predictions_go_to_a_histogram_over_the_target_range():
     s = _samples(m.render().decode())
     assert s[("keel_prediction_bucket", (("le", "1.0"),))] == 1
     assert s[("keel_prediction_bucket", (("le", "8.0"),))] == 2 and s[("keel_prediction_count", ())] == 3
+
+
+def test_the_bundle_drift_levels_are_exported_for_dashboards():
+    m = ServeMetrics(get_task("classification"), MANIFEST, DriftWindow(REFERENCE, drift_thresholds(MANIFEST)))
+    s = _samples(m.render().decode())
+    assert s[("keel_drift_threshold", (("level", "alert"), ("statistic", "psi")))] == 0.3  # the bundle's
+    assert s[("keel_drift_threshold", (("level", "warn"), ("statistic", "js")))] == DriftThresholds().js_warn
+    assert not any(k[0] == "keel_drift_threshold" for k in _samples(ServeMetrics(
+        get_task("classification"), MANIFEST, None).render().decode()))  # no reference: no levels
+
+
+# ------------------------------------------------------------------ several workers (multiprocess mode)
+
+# Three workers in one interpreter (fork: prometheus-client's files are named by pid): one stops
+# (its shutdown marks it dead), one dies without that, the last answers the scrape.
+_WORKERS = """
+import json, os, sys
+import numpy as np
+from keel.data.drift import reference_stats
+from keel.serve.metrics import DriftWindow, ServeMetrics, drift_thresholds
+from keel.tasks import get_task
+
+def worker(n, shift, render=False, close=False):
+    ref = reference_stats({"a": np.random.default_rng(0).normal(size=500)}, {"a": "numeric"})
+    manifest = {"class_names": ["no", "yes"]}
+    drift = DriftWindow(ref, drift_thresholds(manifest), size=100)
+    m = ServeMetrics(get_task("classification"), manifest, drift, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    for _ in range(n):
+        m.request("/predict", 200, 0.01)
+    m.predicted([{"label": "yes"}] * n)
+    drift.add({"a": np.random.default_rng(1).normal(size=100) + shift})
+    m.update_drift()
+    if close:
+        m.close()
+    return m.render().decode() if render else None
+
+pids = []
+for n, shift, close in ((3, 0.0, True), (4, 5.0, False)):
+    pid = os.fork()
+    if pid == 0:
+        worker(n, shift, close=close)
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    pids.append(pid)
+print(json.dumps({"stopped": pids[0], "killed": pids[1], "me": os.getpid(), "text": worker(5, 0.0, render=True)}))
+"""
+
+
+def test_several_workers_sum_counts_and_keep_one_drift_series_per_live_worker(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _WORKERS], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    stopped, killed, me = out["stopped"], out["killed"], out["me"]
+    s = _samples(out["text"])
+    assert s[("keel_requests_total", (("endpoint", "/predict"), ("status", "200")))] == 12  # every worker's
+    assert s[("keel_predictions_total", (("label", "yes"),))] == 12
+    assert s[("keel_request_seconds_count", (("endpoint", "/predict"),))] == 12
+    psi = {dict(k[1])["pid"]: v for k, v in s.items() if k[0] == "keel_drift_psi"}
+    assert set(psi) == {str(me)}  # the stopped one marked itself dead, the killed one was marked by this one
+    assert psi[str(me)] < 0.25
+    assert s[("keel_drift_state", (("feature", "a"), ("keel_drift_state", "ok"), ("pid", str(me))))] == 1
+    assert s[("keel_drift_threshold", (("level", "alert"), ("statistic", "psi")))] == 0.25  # one series
+    assert s[("keel_predict_in_flight", ())] == 0
+    assert not any(k[0].endswith("_created") for k in s)
+    assert {stopped, killed, me} == {int(p.stem.rsplit("_", 1)[1]) for p in tmp_path.glob("counter_*.db")}
+
+
+def test_forget_dead_workers_drops_live_gauges_of_processes_that_are_gone(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from keel.serve.metrics import forget_dead_workers
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    me = os.getpid()
+    for name in (f"gauge_liveall_{gone}.db", f"gauge_livesum_{gone}.db", f"counter_{gone}.db",
+                 f"gauge_liveall_{me}.db"):
+        (tmp_path / name).write_bytes(b"")
+    assert forget_dead_workers(str(tmp_path)) == [int(gone)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{gone}.db", f"gauge_liveall_{me}.db"]
+
+
+def test_multiprocess_metrics_need_the_directory_set_before_prometheus_client_is_imported(tmp_path):
+    from keel.errors import KeelError
+
+    with pytest.raises(KeelError, match=r"prometheus-client was imported before \$PROMETHEUS_MULTIPROC_DIR was set"):
+        ServeMetrics(get_task("classification"), MANIFEST, None, str(tmp_path))

@@ -1,7 +1,8 @@
 """What ``keel serve`` exposes on ``GET /metrics`` (Prometheus text format, prometheus-client),
 and the live drift of the rows it serves.
 
-Metrics (one registry per app, so several apps in one process do not share counts):
+Metrics (one registry per app, so several apps in one process do not share counts; with
+``--workers N`` (N > 1) prometheus-client's multiprocess mode instead, see below):
 
 - ``keel_requests_total{endpoint,status}``, ``keel_request_seconds{endpoint}`` (whole request),
   ``keel_predict_in_flight``
@@ -15,19 +16,42 @@ Metrics (one registry per app, so several apps in one process do not share count
   (NaN until the window can be compared), ``keel_drift_testable`` (0: too few rows in the
   window for the noise test; such a feature never alerts), ``keel_drift_alert`` (1 in alert),
   ``keel_drift_state`` (state set: ok, warn, alert, untestable, empty); and
-  ``keel_drift_window_rows``, ``keel_drift_alerts``.
+  ``keel_drift_window_rows``, ``keel_drift_alerts``; the bundle's levels
+  ``keel_drift_threshold{statistic,level}`` (psi/js, warn/alert: what a dashboard draws the
+  gauges against; a feature alerts at the alert level only when the noise test agrees).
 
 Drift: a sliding window of the last ``window`` served rows (rows the contract accepted, the rows
 the model saw), compared with the bundle's reference statistics by
 :func:`keel.data.drift.compare` (the code of ``keel drift``, with the bundle's thresholds from its
 config ``data.drift``), so the same rows give the same PSI as ``keel drift BUNDLE rows.csv``.
 A feature entering or leaving ``alert`` is logged (logger ``keel.serve``, WARNING / INFO).
+
+Several workers (``--workers N``): every worker writes its values to files in
+``$PROMETHEUS_MULTIPROC_DIR`` (a fresh directory the parent makes before the workers start, see
+``keel.serve.server.serve``) and ``GET /metrics``, whichever worker answers it, merges them with
+prometheus-client's ``MultiProcessCollector``: counters and histograms are summed over the
+workers (dead ones included, so no count goes backwards when a worker is replaced); there is no
+``_created`` sample. Gauges say how they merge (``GAUGE_MODES``):
+
+- ``keel_predict_in_flight``: ``livesum``, requests in flight on the whole server.
+- drift (``keel_drift_*``): ``liveall``, one series per live worker with a ``pid`` label. Each
+  worker compares its own window (the rows it served: a sample of the traffic) and alerts on its
+  own; a sum or a max merged here would be a number no worker computed (a max over a NaN is
+  whatever file came first), so the series are kept apart and the dashboard and the alert rules
+  aggregate with ``max by (feature)`` (PromQL's ``max`` skips NaN): a feature is in alert when any
+  worker's window says so, which with one worker is that worker's answer.
+
+A worker that stops marks its live gauges dead (``mark_process_dead``); a worker that was killed
+is marked by the next worker that starts (its pid no longer runs).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
+import os
+import re
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -42,6 +66,11 @@ DRIFT_STATES = ("ok", "warn", "alert", "untestable", "empty")
 # latency buckets (seconds): 0.25 ms .. 10 s
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's switch to multiprocess mode
+# how each gauge merges over worker processes in multiprocess mode (see the module docstring)
+GAUGE_MODES = {"keel_predict_in_flight": "livesum", **{f"keel_drift_{g}": "liveall" for g in (
+    "psi", "js", "p_adjusted", "testable", "alert", "state", "window_rows", "alerts")},
+    "keel_drift_threshold": "livemax"}  # the same bundle in every worker: one value
 
 
 def drift_thresholds(manifest: Mapping[str, Any]) -> Any:
@@ -161,6 +190,29 @@ def _nan(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
+def forget_dead_workers(path: str) -> list[int]:
+    """Mark dead (``mark_process_dead``) every process whose live gauges are in the multiprocess
+    directory ``path`` but that no longer runs (a worker killed without its shutdown); returns
+    their pids. The live gauges of a stopped worker would otherwise stay in every scrape."""
+    from prometheus_client import multiprocess
+
+    dead = set()
+    for f in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        m = re.search(r"_(\d+)\.db$", f)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:  # it runs, as someone else
+            pass
+    for pid in sorted(dead):
+        multiprocess.mark_process_dead(pid, path)
+    return sorted(dead)
+
+
 class ServeMetrics:
     """Every metric of one app, in its own prometheus-client registry.
 
@@ -168,15 +220,34 @@ class ServeMetrics:
         task: the bundle's task (``serve_summary`` says how predictions are counted).
         manifest: the bundle's manifest.
         drift: the app's :class:`DriftWindow`, or None (no reference statistics).
+        multiprocess_dir: the directory of prometheus-client's multiprocess mode (``--workers N``;
+            ``$PROMETHEUS_MULTIPROC_DIR``, which must be set before prometheus-client is first
+            imported in the process): :meth:`render` then merges every worker's values. None: this
+            app's values alone.
     """
 
-    def __init__(self, task: Any, manifest: Mapping[str, Any], drift: DriftWindow | None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+    def __init__(self, task: Any, manifest: Mapping[str, Any], drift: DriftWindow | None,
+                 multiprocess_dir: str | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = (), **kw: Any) -> Any:
+            return Gauge(name, doc, labels, multiprocess_mode=GAUGE_MODES[name], **kw)
+
+        if multiprocess_dir is not None:
+            from prometheus_client import values
+
+            if values.ValueClass is values.MutexValue:
+                from keel.errors import KeelError
+
+                raise KeelError(f"metrics in {multiprocess_dir}: prometheus-client was imported before "
+                                f"${MULTIPROC_ENV} was set, so this process keeps its values in memory. Fix: set "
+                                f"{MULTIPROC_ENV} before the process starts")
+            forget_dead_workers(multiprocess_dir)
+        self.multiprocess_dir = multiprocess_dir
         self.registry = r = CollectorRegistry()
         self.requests = Counter("keel_requests", "HTTP requests by endpoint and status code",
                                 ("endpoint", "status"), registry=r)
-        self.in_flight = Gauge("keel_predict_in_flight", "POST /predict requests being answered", registry=r)
+        self.in_flight = gauge("keel_predict_in_flight", "POST /predict requests being answered", registry=r)
         self.request_seconds = Histogram("keel_request_seconds", "Whole-request latency (seconds)", ("endpoint",),
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.model_seconds = Histogram("keel_model_seconds", "One ONNX Runtime call (seconds)",
@@ -200,21 +271,28 @@ class ServeMetrics:
         self.drift = drift
         self._drift_lock = threading.Lock()  # one comparison at a time: alert changes are logged once
         labels = ("feature",)
-        self.drift_psi = Gauge("keel_drift_psi", "PSI of the drift window against the bundle's reference", labels,
+        self.drift_psi = gauge("keel_drift_psi", "PSI of the drift window against the bundle's reference", labels,
                                registry=r)
-        self.drift_js = Gauge("keel_drift_js", "Jensen-Shannon divergence (base 2) of the drift window", labels,
+        self.drift_js = gauge("keel_drift_js", "Jensen-Shannon divergence (base 2) of the drift window", labels,
                               registry=r)
-        self.drift_p = Gauge("keel_drift_p_adjusted", "Benjamini-Hochberg adjusted p-value of the noise test",
+        self.drift_p = gauge("keel_drift_p_adjusted", "Benjamini-Hochberg adjusted p-value of the noise test",
                              labels, registry=r)
-        self.drift_testable = Gauge("keel_drift_testable",
+        self.drift_testable = gauge("keel_drift_testable",
                                     "1 when the window has enough rows for the noise test (0: never alerts)",
                                     labels, registry=r)
-        self.drift_alert = Gauge("keel_drift_alert", "1 while the feature is in alert", labels, registry=r)
-        self.drift_state = Enum("keel_drift_state", "Drift state of the feature", labels, states=list(DRIFT_STATES),
-                                registry=r)
-        self.drift_rows = Gauge("keel_drift_window_rows", "Rows in the drift window", registry=r)
-        self.drift_alerts = Gauge("keel_drift_alerts", "Features in alert", registry=r)
+        self.drift_alert = gauge("keel_drift_alert", "1 while the feature is in alert", labels, registry=r)
+        # A state set written as gauges (one series per state, 1 for the current one): what an Enum
+        # exposes in the Prometheus text format, and Enum does not work in multiprocess mode.
+        self.drift_state = gauge("keel_drift_state", f"Drift state of the feature ({', '.join(DRIFT_STATES)})",
+                                 (*labels, "keel_drift_state"), registry=r)
+        self.drift_rows = gauge("keel_drift_window_rows", "Rows in the drift window", registry=r)
+        self.drift_alerts = gauge("keel_drift_alerts", "Features in alert", registry=r)
+        self.drift_threshold = gauge("keel_drift_threshold", "The bundle's drift levels (a feature alerts at the "
+                                     "alert level when the noise test agrees)", ("statistic", "level"), registry=r)
         if drift is not None:
+            for stat in ("psi", "js"):
+                for level in ("warn", "alert"):
+                    self.drift_threshold.labels(stat, level).set(getattr(drift.thresholds, f"{stat}_{level}"))
             self.drift_rows.set(0)
             self.drift_alerts.set(0)
             for f in drift.features:
@@ -222,7 +300,11 @@ class ServeMetrics:
                     g.labels(f).set(math.nan)
                 self.drift_testable.labels(f).set(0)
                 self.drift_alert.labels(f).set(0)
-                self.drift_state.labels(f).state("empty")
+                self._state(f, "empty")
+
+    def _state(self, feature: str, state: str) -> None:
+        for s in DRIFT_STATES:
+            self.drift_state.labels(feature, s).set(1 if s == state else 0)
 
     # ------------------------------------------------------------------ recording
     def request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -269,7 +351,7 @@ class ServeMetrics:
             self.drift_p.labels(name).set(_nan(f["p_adjusted"]))
             self.drift_testable.labels(name).set(1 if f["testable"] else 0)
             self.drift_alert.labels(name).set(1 if f["status"] == "alert" else 0)
-            self.drift_state.labels(name).state(DriftWindow.state(f))
+            self._state(name, DriftWindow.state(f))
         self.drift_alerts.set(len(self.drift.alerting))
         entered, left = changed
         rows = result["summary"]["rows"]
@@ -283,13 +365,28 @@ class ServeMetrics:
                      name, _fmt(f["psi"]), DriftWindow.state(f), rows)
 
     def render(self) -> bytes:
-        from prometheus_client import generate_latest
+        """The Prometheus text of this app's metrics (multiprocess mode: every worker's, merged)."""
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()  # a fresh one per scrape, as prometheus-client's docs do
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """A worker stopping: its live gauges leave the merged view (its counts stay)."""
+        if self.multiprocess_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
 
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.4g}"
 
 
-__all__ = ["DRIFT_STATES", "DriftWindow", "ServeMetrics", "drift_columns", "drift_thresholds"]
+__all__ = ["DRIFT_STATES", "GAUGE_MODES", "MULTIPROC_ENV", "DriftWindow", "ServeMetrics", "drift_columns",
+           "drift_thresholds", "forget_dead_workers"]

@@ -22,7 +22,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +36,13 @@ from keel.data.contract import ContractViolationError
 from keel.errors import KeelError
 from keel.export.bundle import BundleError
 from keel.serve.batching import BatcherClosed, MicroBatcher
-from keel.serve.metrics import DriftWindow, ServeMetrics, drift_columns, drift_thresholds
+from keel.serve.metrics import MULTIPROC_ENV, DriftWindow, ServeMetrics, drift_columns, drift_thresholds
 from keel.serve.requests import RequestError, body_kind, check_length, on_invalid_mode, parse, too_large
 
 log = logging.getLogger("keel.serve")
 ENV = "KEEL_SERVE_OPTIONS"  # the options of worker processes (--workers N start the app by import string)
 MAX_ROWS_LISTED = 1000  # row ids per violation in a 422 answer (``failing`` says how many in all)
+TOP_FEATURES = 10  # features of the manifest's permutation importance listed in GET /info
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class ServeOptions:
         bundle: the bundle directory.
         int8: serve the bundle's int8 model instead of fp32.
         host, port, workers: where to listen (127.0.0.1 by default: not reachable from other
-            machines unless asked) and how many processes (each loads the bundle; each keeps its
-            own metrics and drift window).
+            machines unless asked) and how many processes (each loads the bundle and keeps its own
+            drift window; with more than one, ``/metrics`` merges every worker's counts through
+            prometheus-client's multiprocess mode, see ``keel.serve.metrics``).
         batch_window_ms: how long a request waits for others to share its model call.
         max_batch: most rows merged into one call (a larger single request runs alone).
         max_body_bytes: request bodies above this are refused (413).
@@ -200,7 +204,9 @@ def create_app(options: ServeOptions, opened: tuple[Any, str] | None = None) -> 
     manifest, task = bundle.manifest, bundle.task
     reference = (manifest.get("data") or {}).get("reference")
     drift = DriftWindow(reference, drift_thresholds(manifest), options.drift_window) if reference else None
-    metrics = ServeMetrics(task, manifest, drift)
+    # several workers: the directory serve() made for prometheus-client's multiprocess mode
+    multiproc = os.environ.get(MULTIPROC_ENV) if options.workers > 1 else None
+    metrics = ServeMetrics(task, manifest, drift, multiproc)
     session = bundle.session
     from keel.export.runtime import run
 
@@ -316,6 +322,7 @@ def create_app(options: ServeOptions, opened: tuple[Any, str] | None = None) -> 
             with contextlib.suppress(asyncio.CancelledError):
                 await task_
             await batcher.close()  # every request already queued gets its answer
+            metrics.close()
             log.info("keel serve: stopped")
 
     routes = [Route("/predict", predict, methods=["POST"]), Route("/health", health, methods=["GET"]),
@@ -346,7 +353,34 @@ def _info(bundle: Any, bundle_id: str, options: ServeOptions, drift: DriftWindow
     if drift is not None:
         out["drift"] = {"window_rows": drift.size, "features": len(drift.features),
                         "thresholds": drift.thresholds.to_dict()}
+    if m.get("importance") is not None:
+        out.update(_importance(m["importance"]))
     return _plain(out)
+
+
+def _importance(doc: Any) -> dict[str, Any]:
+    """``top_features`` (the first :data:`TOP_FEATURES` by mean importance, descending: name, mean,
+    std) and ``importance`` (how it was measured: method, metric, split, repeats) of the manifest's
+    ``importance`` (permutation importance written at export).
+
+    Raises:
+        BundleError: a malformed ``importance`` (what is wrong, and where).
+    """
+    where = "manifest.json 'importance'"
+    if not isinstance(doc, dict) or not isinstance(doc.get("features"), list):
+        raise BundleError(f"{where}: expected an object with a 'features' list, got {type(doc).__name__}. Fix: "
+                          "re-export the bundle, or remove the key")
+    missing = [k for k in ("method", "metric", "split", "repeats") if k not in doc]
+    problems = [f"no {k!r}" for k in missing]
+    for i, f in enumerate(doc["features"]):
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str)
+                and all(isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool) for k in ("mean", "std"))):
+            problems.append(f"features[{i}] = {f!r}: expected {{'name': str, 'mean': number, 'std': number, ...}}")
+    if problems:
+        raise BundleError(f"{where}: {'; '.join(problems[:5])}. Fix: re-export the bundle, or remove the key")
+    ranked = sorted(doc["features"], key=lambda f: -f["mean"])  # stable: ties keep the manifest's order
+    return {"top_features": [{"name": f["name"], "mean": f["mean"], "std": f["std"]} for f in ranked[:TOP_FEATURES]],
+            "importance": {k: doc[k] for k in ("method", "metric", "split", "repeats")}}
 
 
 def _plain(v: Any) -> Any:
@@ -391,6 +425,7 @@ def serve(options: ServeOptions) -> int:
     if problems:
         raise KeelError("invalid keel serve options: " + "; ".join(problems))
     opened = open_bundle(options)
+    _info(*opened, options, None)  # a malformed manifest section is refused here, before any worker starts
     common = dict(host=options.host, port=options.port, log_config=log_config(),
                   access_log=options.access_log, timeout_graceful_shutdown=math.ceil(options.graceful_timeout_s),
                   lifespan="on")
@@ -401,9 +436,23 @@ def serve(options: ServeOptions) -> int:
         signal.signal(sig, lambda *_: None)
     if options.workers == 1:
         uvicorn.run(create_app(options, opened), **common)
-    else:
-        os.environ[ENV] = json.dumps(asdict(options))
+        return 0
+    # prometheus-client's multiprocess mode: the workers (spawned: fresh interpreters with this
+    # environment) write their values to files here, merged by whichever one answers /metrics.
+    # A fresh directory per server (prometheus-client's docs: files of an earlier run would be
+    # counted), removed when it stops.
+    metrics_dir = tempfile.mkdtemp(prefix="keel-serve-metrics-")
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[ENV] = json.dumps(asdict(options))
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
         uvicorn.run("keel.serve.server:app_from_env", factory=True, workers=options.workers, **common)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if before is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before
     return 0
 
 

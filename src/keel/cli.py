@@ -238,6 +238,79 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _explain_source(target: str) -> tuple[Path, Path | None]:
+    """(checkpoint, run dir or None) of ``keel explain``'s argument: a checkpoint file, or a run
+    directory (its metrics.json names the best checkpoint)."""
+    from keel.checkpoints.read import CheckpointError
+
+    path = Path(target)
+    if path.is_file():
+        run_dir = path.resolve().parent.parent if path.resolve().parent.name == "checkpoints" else None
+        return path, run_dir
+    if not path.is_dir():
+        raise CheckpointError(f"{target}: no such checkpoint file or run directory. Expected a .ckpt file or a run "
+                              "directory, e.g. outputs/train/runs/<run>")
+    record = path / "metrics.json"
+    named = None
+    if record.is_file():
+        try:
+            named = json.loads(record.read_text()).get("best_checkpoint") or None
+        except (OSError, ValueError):
+            named = None
+    candidates = [Path(named), path / "checkpoints" / Path(named).name] if named else []
+    candidates += [path / "checkpoints" / "last.ckpt"] if not named else []
+    for c in candidates:
+        if c.is_file():
+            return c, path
+    raise CheckpointError(f"{target}: no checkpoint found (looked for {', '.join(map(str, candidates)) or 'metrics.json'}). "
+                          "Fix: pass the checkpoint file itself, e.g. keel explain <run>/checkpoints/epoch012.ckpt")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """``keel explain``: the test-time explanations again, for a finished run or any checkpoint."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from keel.checkpoints.read import CheckpointError, keel_section, load_checkpoint
+    from keel.explain.importance import importance_lines
+    from keel.explain.run import ExplainOptions, add_importance, explain_split
+    from keel.export.build import rebuild_module
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    options = ExplainOptions(images=args.images, methods=methods, ig_steps=args.ig_steps, repeats=args.repeats,
+                             max_rows=args.max_rows, seed=args.seed, split=args.split).check()
+    ckpt_path, run_dir = _explain_source(args.target)
+    ckpt = load_checkpoint(ckpt_path)
+    section = keel_section(ckpt, ckpt_path)
+    config = section.get("config")
+    if not config or "data" not in config:
+        raise CheckpointError(f"{ckpt_path}: holds no run config (written by an older keel?); cannot rebuild its data")
+    datamodule = instantiate(OmegaConf.create(config["data"]))
+    datamodule.setup()
+    if json.dumps(datamodule.contract.to_dict()) != json.dumps(section["contract"]):
+        raise CheckpointError(f"{ckpt_path}: trained on contract {section['contract'].get('name')!r}, but its data "
+                              f"config now gives contract {datamodule.contract.name!r} with other fields: the data "
+                              "changed since training. Fix: restore the data, or explain a checkpoint of this data")
+    module = rebuild_module(ckpt)
+    out = Path(args.out) if args.out else (run_dir / "explain" if run_dir is not None
+                                            else ckpt_path.resolve().parent / "explain")
+    result = explain_split(module, datamodule, options, out)
+    print(f"{ckpt_path}: {result.kind} data, {options.split} split")
+    if result.note:
+        print(f"  {result.note}")
+    if result.grid is not None:
+        print(f"  {', '.join(result.methods)} of {result.images} images")
+        print(f"  written: {out / 'explanations.png'} (all images) and {out / 'images'}/ (one PNG per image and method)")
+    if result.importance is not None:
+        print("\n".join(importance_lines(result.importance, top=args.top)))
+        print(f"  written: {out / 'importance.json'}, {out / 'importance.png'}")
+        bundle = run_dir / "bundle" if run_dir is not None else None
+        if args.bundle and bundle is not None and (bundle / "manifest.json").is_file():
+            add_importance(bundle, result.importance)
+            print(f"  bundle manifest updated: {bundle / 'manifest.json'} (importance; keel serve's /info lists it)")
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     from keel.serve.server import ServeOptions, serve
 
@@ -365,6 +438,26 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="on SIGTERM, seconds in-flight requests may take before they are cancelled (default 30)")
     srv.add_argument("--access-log", action="store_true", help="log one line per request (uvicorn's access log)")
     srv.set_defaults(func=_serve)
+
+    expl = sub.add_parser("explain", help="explain a trained model (Captum): saliency, Integrated Gradients and "
+                                          "Grad-CAM maps of test images, or permutation feature importance of a table")
+    expl.add_argument("target", metavar="CHECKPOINT_OR_RUN",
+                      help="a .ckpt file, or a run directory (its best checkpoint); the data is rebuilt from the "
+                           "config stored in the checkpoint")
+    expl.add_argument("--images", type=int, default=20, help="image data: test images explained, spread over the "
+                                                             "classes (default 20)")
+    expl.add_argument("--methods", default="saliency,integrated_gradients,grad_cam",
+                      help="image data: comma-separated attribution methods (default: all three)")
+    expl.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients' interpolation steps (default 32)")
+    expl.add_argument("--repeats", type=int, default=5, help="table data: permutations per feature (default 5)")
+    expl.add_argument("--max-rows", type=int, default=20000, help="rows of the split used at most (default 20000)")
+    expl.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split explained")
+    expl.add_argument("--seed", type=int, default=0, help="seeds the image choice and the permutations")
+    expl.add_argument("--top", type=int, default=10, help="table data: features printed (default 10)")
+    expl.add_argument("--out", help="output directory (default: <run dir>/explain)")
+    expl.add_argument("--no-bundle", dest="bundle", action="store_false",
+                      help="do not write the importance into the run's bundle manifest")
+    expl.set_defaults(func=_explain)
 
     if command == "replay":
         from keel.replay import add_replay_parser

@@ -8,6 +8,7 @@ written and printed of the result is :mod:`keel.run.report`.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -246,6 +247,7 @@ class _RunCallbacks:
     quantizer: Any  # Quantize or None
     checkpoint: Any  # the ModelCheckpoint or None
     latest: Any  # the writer of checkpoints/last.ckpt or None
+    explainer: Any = None  # Explanations or None: a test-time hook whose importance report the bundle gets
 
 
 def _run_callbacks(cfg: DictConfig, run_config: dict[str, Any], loggers: list[Any], output_dir: Path,
@@ -254,7 +256,7 @@ def _run_callbacks(cfg: DictConfig, run_config: dict[str, Any], loggers: list[An
     checkpoint, preemption handling, the last-checkpoint writer); the bundle steps set apart."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from keel.callbacks import NanGuard, OnnxExport, Quantize, RngState, RunConfigInCheckpoint
+    from keel.callbacks import Explanations, NanGuard, OnnxExport, Quantize, RngState, RunConfigInCheckpoint
     from keel.run.lifecycle import resume_command
 
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
@@ -279,7 +281,8 @@ def _run_callbacks(cfg: DictConfig, run_config: dict[str, Any], loggers: list[An
     latest_cb = _latest_checkpoint_writer(ckpt_cb)
     if latest_cb is not None:
         callbacks.append(latest_cb)
-    return _RunCallbacks(callbacks, exporter, quantizer, ckpt_cb, latest_cb)
+    explainer = next((c for c in callbacks if isinstance(c, Explanations)), None)
+    return _RunCallbacks(callbacks, exporter, quantizer, ckpt_cb, latest_cb, explainer)
 
 
 def _tensorboard_run_name(root: Path, output_dir: Path, continued: bool) -> str:
@@ -474,8 +477,12 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
         )
     bundle = None
     if trainer.is_global_zero and (run.exporter is not None or run.quantizer is not None):
+        importance = None
+        if run.explainer is not None and run.explainer.importance_path.is_file():
+            importance = json.loads(run.explainer.importance_path.read_text())
         bundle = export_bundle(run.exporter, run.quantizer, best if not trainer.fast_dev_run else "", datamodule,
-                               run_config, {k: v for k, v in metrics.items() if k.startswith("test/")})
+                               run_config, {k: v for k, v in metrics.items() if k.startswith("test/")},
+                               importance=importance)
     return FitResult(
         task=model.task.name,
         metrics=metrics,
@@ -497,9 +504,9 @@ def fit_test_export(cfg: DictConfig, plan: Any, output_dir: Path, note_data: Cal
 
 
 def export_bundle(exporter: Any, quantizer: Any, ckpt_path: str, datamodule: Any, config: dict[str, Any],
-                  test_metrics: dict[str, float]) -> dict[str, Any] | None:
+                  test_metrics: dict[str, float], importance: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The run's bundle from its best checkpoint: ONNX export (parity-gated), then int8 (within the
-    task's budget). Returns the bundle's summary for the run record, or None when nothing was
+    task's budget), then the test-time feature importance (``importance``) into its manifest. Returns the bundle's summary for the run record, or None when nothing was
     exported (no export step, or no best checkpoint)."""
     manifest = None
     if exporter is not None:
@@ -511,6 +518,10 @@ def export_bundle(exporter: Any, quantizer: Any, ckpt_path: str, datamodule: Any
         manifest = quantizer.quantize(datamodule) or manifest
     if manifest is None:
         return None
+    if importance is not None:
+        from keel.explain.run import add_importance
+
+        manifest = add_importance(exporter.bundle_dir if exporter is not None else quantizer.bundle_dir, importance)
     return {
         "dir": str(exporter.bundle_dir if exporter is not None else quantizer.bundle_dir),
         "task": manifest.get("task", "classification"),

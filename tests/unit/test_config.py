@@ -138,7 +138,8 @@ def test_config_composes_and_instantiates(compose_cfg, digits, group, option, tm
         names = {type(c).__name__ for c in callbacks}
         training = {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "ProgressBar", "EpochSummary", "Throughput",
                     "TensorBoardViews"}
-        expected = {"default": training | {"OnnxExport", "Quantize"}, "training": training, "none": set()}
+        expected = {"default": training | {"Explanations", "OnnxExport", "Quantize"}, "training": training, "none": set(),
+                    "explain": {"Explanations"}}
         if option in expected:
             assert names == expected[option]
     if group == "logger":

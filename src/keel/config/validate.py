@@ -99,6 +99,12 @@ def _ints_ge(lo: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_is_int(i) and i >= lo for i in v)
 
 
+def _explain_methods(v: Any) -> bool:
+    from keel.explain.run import METHODS
+
+    return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(m in METHODS for m in v)
+
+
 def _text(v: Any) -> bool:
     return isinstance(v, str) and v.strip() != ""
 
@@ -130,6 +136,14 @@ BUNDLE_RULES: tuple[Rule, ...] = (
     Rule("callbacks.quantize.max_rmse_increase", _num_in(0, float("inf")), "a fraction >= 0 (0.01: rmse up by at most 1%)",
          "callbacks.quantize.max_rmse_increase=0.01"),
     Rule("callbacks.quantize.per_channel", _one_of(True, False), "true or false", "callbacks.quantize.per_channel=true"),
+    Rule("callbacks.explain.images", _int_ge(0), "an integer >= 0 (0: no image maps)", "callbacks.explain.images=20"),
+    Rule("callbacks.explain.methods", _explain_methods, "a list of saliency, integrated_gradients, grad_cam",
+         "callbacks.explain.methods=[saliency,integrated_gradients,grad_cam]"),
+    Rule("callbacks.explain.ig_steps", _int_ge(1), "an integer >= 1", "callbacks.explain.ig_steps=32"),
+    Rule("callbacks.explain.repeats", _int_ge(1), "an integer >= 1", "callbacks.explain.repeats=5"),
+    Rule("callbacks.explain.max_rows", _int_ge(1), "an integer >= 1", "callbacks.explain.max_rows=20000"),
+    Rule("callbacks.explain.importance", _one_of(True, False), "true or false", "callbacks.explain.importance=true"),
+    Rule("callbacks.explain.in_sweeps", _one_of(True, False), "true or false", "callbacks.explain.in_sweeps=false"),
 )
 
 _RNN = "keel.models.nets.RNN"

@@ -204,7 +204,7 @@ def _metric_forward(model: Any, task: Task, metric: str, y: np.ndarray,
         chunks = [model.outputs(inputs[i:i + step]) for i in range(0, inputs.shape[0], step)]
         outputs = tuple(torch.cat([c[k] for c in chunks]).float().cpu().numpy() for k in range(len(chunks[0])))
         # float64: Captum takes the attribution dtype from this value (differences of ~1/N)
-        return torch.tensor(task.score(outputs, y)[metric], dtype=torch.float64)
+        return torch.tensor(task.score(outputs, y, only=(metric,))[metric], dtype=torch.float64)
 
     return forward
 

@@ -137,9 +137,10 @@ class Regression(Task):
             return {"test_rmse": float("nan"), "test_mae": float("nan"), "test_r2": float("nan"), "test_rows": 0}
         return {f"test_{k}": v for k, v in self.score(run(sess, x), np.asarray(y)).items()} | {"test_rows": int(len(y))}
 
-    def score(self, outputs: tuple, y: Any) -> dict[str, float]:
+    def score(self, outputs: tuple, y: Any, only: tuple[str, ...] | None = None) -> dict[str, float]:
         """rmse, mae, r2 of the bundle's ``outputs`` against targets ``y``, in the target's units
-        (numpy: the torch-free side of serving; the same definitions as torchmetrics')."""
+        (numpy: the torch-free side of serving; the same definitions as torchmetrics'). ``only``
+        is accepted for the classification task's sake: these three are cheap, all are returned."""
         import numpy as np
 
         (pred,) = outputs

@@ -1,0 +1,1 @@
+"""Explanations of a trained model: attribution maps for images, feature importance for tables."""

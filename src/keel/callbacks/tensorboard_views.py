@@ -12,6 +12,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from keel.drawing import font as load_font
+from keel.drawing import text_box
+
 log = logging.getLogger(__name__)
 
 # matplotlib's "Blues" at 0, 1/4, 1/2, 3/4, 1 (interpolated linearly in between)
@@ -66,18 +69,8 @@ def _pil() -> Any:
     return PIL
 
 
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # old Pillow / no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def _text_size(draw: Any, text: str, font: Any) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return int(right - left), int(bottom - top)
+    return text_box(draw, text, font)[2:]
 
 
 def _fit(draw: Any, text: str, font: Any, width: int) -> str:
@@ -123,7 +116,7 @@ def render_confusion_matrix(
     pil = _pil()
     if pil is None:
         return heat
-    font = _font(int(np.clip(cell // 3, 10, 14)))
+    font = load_font(int(np.clip(cell // 3, 10, 14)))
     probe = pil.ImageDraw.Draw(pil.Image.new("RGB", (1, 1)))
     names = [_fit(probe, str(c), font, 96) for c in class_names]
     line = max(_text_size(probe, "Ag0", font)[1], 1)
@@ -197,7 +190,7 @@ def render_samples(
     cap_h = 0
     if pil is not None:
         probe = pil.ImageDraw.Draw(pil.Image.new("RGB", (1, 1)))
-        font = _font(11)
+        font = load_font(11)
         cap_h = _text_size(probe, "Ag0", font)[1] + 6
         tw = max([tw] + [_text_size(probe, s, font)[0] + 4 for s in captions])
     cols = max(1, int(np.ceil(np.sqrt(n))))
@@ -291,7 +284,7 @@ def render_pred_vs_true(
     if pil is None:
         return plot
     lo, hi = axis_range(*finite_pairs(pred, true))
-    font = _font(12)
+    font = load_font(12)
     probe = pil.ImageDraw.Draw(pil.Image.new("RGB", (1, 1)))
     line = max(_text_size(probe, "Ag0", font)[1], 1)
     ticks = [f"{lo:.4g}", f"{hi:.4g}"]

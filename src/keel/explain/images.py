@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from keel.drawing import text_box
+
 METHODS = ("saliency", "integrated_gradients", "grad_cam")
 BASELINES = ("zeros", "mean")
 # column headers of explanation_grid (short: a tile is ~64 px wide)
@@ -320,19 +322,12 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str =
 def _pil() -> Any:
     """``(Image, ImageDraw, font)`` of Pillow, or None without it (the grid then has no text)."""
     try:
-        from PIL import Image, ImageDraw, ImageFont
+        from PIL import Image, ImageDraw
     except ImportError:
         return None
-    try:
-        font = ImageFont.load_default(size=11)
-    except (TypeError, OSError, ImportError):  # old Pillow / no FreeType: the fixed bitmap font
-        font = ImageFont.load_default()
-    return Image, ImageDraw, font
+    from keel.drawing import font
 
-
-def _text_box(draw: Any, text: str, font: Any) -> tuple[int, int, int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return int(left), int(top), int(right - left), int(bottom - top)
+    return Image, ImageDraw, font(11)
 
 
 def explanation_grid(
@@ -386,10 +381,10 @@ def explanation_grid(
     if pil is not None:
         Image, ImageDraw, font = pil
         probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        header_h = _text_box(probe, "Ag", font)[3] + 6
-        col_w = [max(tw, _text_box(probe, HEADERS.get(c, c), font)[2] + 4) for c in columns]
+        header_h = text_box(probe, "Ag", font)[3] + 6
+        col_w = [max(tw, text_box(probe, HEADERS.get(c, c), font)[2] + 4) for c in columns]
         if titles:
-            title_w = max(_text_box(probe, str(t), font)[2] for t in titles) + 6
+            title_w = max(text_box(probe, str(t), font)[2] for t in titles) + 6
     left = gap + title_w
     xs = [left + sum(col_w[:j]) + j * gap for j in range(len(columns))]
     width = xs[-1] + col_w[-1] + gap
@@ -413,10 +408,10 @@ def explanation_grid(
     ink = (33, 33, 33)
     for j, c in enumerate(columns):
         text = HEADERS.get(c, c)
-        lft, top, tw_text, _ = _text_box(draw, text, font)
+        lft, top, tw_text, _ = text_box(draw, text, font)
         draw.text((xs[j] + (col_w[j] - tw_text) // 2 - lft, gap + 2 - top), text, font=font, fill=ink)
     for i, t in enumerate(titles or []):
-        lft, top, _, t_h = _text_box(draw, str(t), font)
+        lft, top, _, t_h = text_box(draw, str(t), font)
         y0 = gap + header_h + i * (th + gap) + (th - t_h) // 2
         draw.text((gap + 2 - lft, y0 - top), str(t), font=font, fill=ink)
     return np.asarray(canvas)

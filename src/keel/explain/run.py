@@ -313,14 +313,10 @@ def add_importance(bundle_dir: str | Path, report: dict[str, Any]) -> dict[str, 
     Raises:
         BundleError: the bundle is missing or its files do not match its manifest.
     """
-    from keel.export.bundle import BundleError, check_files, read_manifest, staged, write_manifest
+    from keel.export.bundle import read_intact, staged, write_manifest
 
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    problems = check_files(bundle_dir, manifest)
-    if problems:
-        raise BundleError(f"{bundle_dir}: cannot add feature importance to a bundle that fails its checks: "
-                          f"{'; '.join(problems)}")
+    manifest = read_intact(bundle_dir, "add feature importance to")
     manifest["importance"] = importance_for_manifest(report)
     with staged(bundle_dir, copy_existing=True) as tmp:
         manifest.pop("files", None)

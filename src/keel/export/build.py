@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from keel.checkpoints.read import keel_section, load_checkpoint
-from keel.export.bundle import check_files, read_manifest, staged, write_manifest
+from keel.export.bundle import staged, write_manifest
 from keel.export.onnx import ExportError, export_onnx, inference_model
 from keel.export.quantize import float32_ops, quantize_onnx, resolve_mode
 from keel.export.runtime import latency, run, session
@@ -195,13 +195,10 @@ def add_int8(bundle_dir: str | Path, datamodule: Any, options: QuantizeOptions =
     Raises:
         BundleError: the bundle is missing or its files do not match its manifest.
     """
-    from keel.export.bundle import BundleError
+    from keel.export.bundle import read_intact
 
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    problems = check_files(bundle_dir, manifest)
-    if problems:
-        raise BundleError(f"{bundle_dir}: cannot quantize a bundle that fails its checks: {'; '.join(problems)}")
+    manifest = read_intact(bundle_dir, "quantize")
     datamodule.setup()
     x_test, y_test = datamodule.split_arrays("test")
     wanted = options.calibration_batches * options.batch_size

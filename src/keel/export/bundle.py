@@ -105,6 +105,20 @@ def check_files(root: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
+def read_intact(root: str | Path, doing: str) -> dict[str, Any]:
+    """The manifest of a bundle whose files all match it, before ``doing`` something to it.
+
+    Raises:
+        BundleError: no bundle, or its problems (missing, changed, unlisted files), all listed.
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    problems = check_files(root, manifest)
+    if problems:
+        raise BundleError(f"{root}: cannot {doing} a bundle that fails its checks: {'; '.join(problems)}")
+    return manifest
+
+
 @contextlib.contextmanager
 def staged(final: Path, copy_existing: bool = False) -> Iterator[Path]:
     """Build a bundle in a hidden sibling directory, then swap it in with renames.

@@ -123,7 +123,7 @@ def test_planted_columns_rank_first_for_accuracy(report: dict[str, Any]) -> None
     assert feats["col3"]["mean"] > feats["col1"]["mean"] + 4 * feats["col1"]["std"]
     for name in ("col0", "col2", "col4", "col5"):  # noise, including the nullable and the category column
         assert abs(feats[name]["mean"]) < 0.02, feats[name]
-        assert within_noise(feats[name]) or feats[name]["mean"] < 0.01
+        assert within_noise(feats[name], report["repeats"]) or feats[name]["mean"] < 0.01
     # plain JSON (the bundle manifest, /info): Python numbers, no NaN
     assert json.loads(json.dumps(report, allow_nan=False)) == report
     assert all(type(f["mean"]) is float and type(f["std"]) is float and type(f["rank"]) is int
@@ -285,11 +285,25 @@ def test_lines_show_the_ranking_and_the_features_within_noise(report: dict[str, 
     assert re.fullmatch(r"  1\. col3  +0\.\d{4} ± 0\.\d{4}", lines[1]), lines[1]
     assert re.match(r"  2\. col1  +0\.\d{4} ± ", lines[2]), lines[2]
     assert len({line.index("±") for line in lines[1:-1]}) == 1  # aligned
-    noise = sum(within_noise(f) for f in report["features"])
+    noise = sum(within_noise(f, report["repeats"]) for f in report["features"])
     assert noise >= 3
-    assert lines[-1] == (f"{noise} of 6 features change acc by less than twice their spread over repeats "
-                         "(within noise)")
+    assert lines[-1] == (f"{noise} of 6 features change acc by less than 2 standard errors over "
+                         f"{report['repeats']} repeats (indistinguishable from no effect)")
     top2 = importance_lines(report, top=2)
     assert top2[0].endswith("; top 2 of 6 features") and len(top2) == 4
     rising = dict(report, metric="rmse", higher_is_better=False)
     assert importance_lines(rising)[0].startswith("permutation importance: rise in rmse when a feature")
+
+
+def test_within_noise_judges_the_mean_by_its_standard_error() -> None:
+    """20 shuffles that lower acc by 0.10 +- 0.06 each: a real effect, though a single shuffle may
+    show none; 5 shuffles of 0.01 +- 0.05: noise; one shuffle has no spread, so only a change for the
+    better counts as noise."""
+    assert not within_noise({"mean": 0.10, "std": 0.06}, 20)
+    assert within_noise({"mean": 0.10, "std": 0.30}, 20)
+    assert within_noise({"mean": 0.01, "std": 0.05}, 5)
+    assert within_noise({"mean": -0.02, "std": 0.0}, 1) and not within_noise({"mean": 0.02, "std": 0.0}, 1)
+    lines = importance_lines({"method": "permutation", "metric": "acc", "higher_is_better": True, "split": "test",
+                              "rows": 9, "repeats": 1, "seed": 0, "baseline": 0.9,
+                              "features": [{"name": "a", "mean": 0.1, "std": 0.0, "rank": 1}]})
+    assert lines[-1] == "0 of 1 features do not lower acc (1 repeat: no spread to tell noise by; use 5 or more)"

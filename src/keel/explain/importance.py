@@ -12,6 +12,8 @@ The report is plain data (JSON-able): it goes into the bundle manifest and the s
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -280,10 +282,15 @@ def importance_chart(report: dict[str, Any], top: int = 20) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def within_noise(feature: dict[str, Any]) -> bool:
-    """A feature whose shuffling changes the metric by no more than twice its spread over repeats
-    (``|mean| <= 2 * std``), or does not make it worse (``mean <= 0``)."""
-    return abs(feature["mean"]) <= 2 * feature["std"] or feature["mean"] <= 0
+def within_noise(feature: dict[str, Any], repeats: int) -> bool:
+    """A feature whose importance is indistinguishable from none at ``repeats`` shuffles: its mean
+    change is at most two standard errors (``2 * std / sqrt(repeats)``), or it does not make the
+    metric worse (``mean <= 0``). The standard error, not the spread of single shuffles: with 20
+    repeats a mean drop of 0.10 +- 0.06 is clearly real, though one shuffle may show none.
+    One repeat has no spread: only ``mean <= 0`` counts as noise then."""
+    if feature["mean"] <= 0:
+        return True
+    return repeats >= 2 and feature["mean"] <= 2 * feature["std"] / math.sqrt(repeats)
 
 
 def importance_lines(report: dict[str, Any], top: int = 10) -> list[str]:
@@ -306,9 +313,14 @@ def importance_lines(report: dict[str, Any], top: int = 10) -> list[str]:
     mean_w = max((len(m) for m in means), default=0)
     lines += [f"  {f['rank']:>{rank_w}}. {f['name']:<{name_w}}  {m:>{mean_w}} ± {f['std']:.4f}"
               for f, m in zip(shown, means)]
-    noise = sum(within_noise(f) for f in report["features"])
-    lines.append(f"{noise} of {total} features change {metric} by less than twice their spread over repeats "
-                 "(within noise)")
+    repeats = int(report["repeats"])
+    noise = sum(within_noise(f, repeats) for f in report["features"])
+    if repeats >= 2:
+        lines.append(f"{noise} of {total} features change {metric} by less than 2 standard errors over "
+                     f"{repeats} repeats (indistinguishable from no effect)")
+    else:
+        lines.append(f"{noise} of {total} features do not lower {metric} (1 repeat: no spread to tell noise "
+                     "by; use 5 or more)")
     return lines
 
 

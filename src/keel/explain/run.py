@@ -119,9 +119,14 @@ def feature_names(contract: Any) -> list[str]:
     return [f"channel {j}" for j in range(shape[-1])]
 
 
-def _class_names(contract: Any) -> list[str]:
+def _class_names(datamodule: Any) -> list[str]:
+    """The classes' names: the data module's own (an image folder's subfolder names) when it has
+    them, else the contract's."""
+    own = getattr(datamodule, "class_names", None)
+    if isinstance(own, (list, tuple)) and own and all(isinstance(n, str) for n in own):
+        return list(own)
     try:
-        return [str(c) for c in contract.class_names]
+        return [str(c) for c in datamodule.contract.class_names]
     except (AttributeError, TypeError):
         return []
 
@@ -197,7 +202,7 @@ def _explain_split(module: Any, datamodule: Any, options: ExplainOptions, out_di
             return Explanation(kind, note="images=0: no image explained")
         x, y = split_sample(datamodule, options.split, max(options.images * 50, 1000))
         x, y = _sample(x, y, max(options.images * 50, 1000), options.seed)
-        return _explain_images(module, x, y, contract, options, out, device)
+        return _explain_images(module, x, y, _class_names(datamodule), options, out, device)
     if kind == "table":
         if not options.importance:
             return Explanation(kind, note="importance off")
@@ -221,14 +226,13 @@ def _explain_split(module: Any, datamodule: Any, options: ExplainOptions, out_di
                                   "[C, H, W] nor a table; nothing explained")
 
 
-def _explain_images(module: Any, x: np.ndarray, y: np.ndarray, contract: Any, options: ExplainOptions,
+def _explain_images(module: Any, x: np.ndarray, y: np.ndarray, names: list[str], options: ExplainOptions,
                     out: Path | None, device: Any) -> Explanation:
     import torch
 
     from keel.explain.images import explanation_grid, image_attributions, last_conv_layer, overlay, pick_per_class
 
     classifies = "probabilities" in tuple(module.task.outputs)
-    names = _class_names(contract)
     if classifies:
         n_classes = max(len(names), int(y.max()) + 1 if len(y) else 1)
         pick = pick_per_class(y, max(1, math.ceil(options.images / n_classes)), seed=options.seed)

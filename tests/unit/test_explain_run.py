@@ -126,3 +126,17 @@ def test_sampling_is_seeded_and_bounded():
     a, b = _sample(x, y, 10, 0), _sample(x, y, 10, 0)
     assert len(a[0]) == 10 and np.array_equal(a[0], b[0]) and np.array_equal(a[0][:, 0] // 2, a[1])
     assert len(_sample(x, y, 100, 0)[0]) == 50
+
+
+def test_class_names_prefer_the_modules_own_then_the_contracts():
+    """An image folder's classes are named by its subfolders (the confusion matrix and the
+    explanation titles show circle/square, not 0/1); other modules by their contract."""
+    from types import SimpleNamespace
+
+    from keel.data.protocol import class_names
+
+    contract = _tensor([1, 8, 8])
+    assert class_names(SimpleNamespace(class_names=["circle", "square"], contract=contract)) == ["circle", "square"]
+    assert class_names(SimpleNamespace(contract=contract)) == ["0", "1"]
+    assert class_names(SimpleNamespace(class_names=[], contract=contract)) == ["0", "1"]
+    assert class_names(None) == []

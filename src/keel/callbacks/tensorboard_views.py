@@ -437,9 +437,10 @@ class TensorBoardViews(L.Callback):
         return dict((getattr(pl_module, "split_records", None) or {}).get(split) or {})
 
     def _class_names(self, trainer: L.Trainer, n: int) -> list[str]:
-        contract = self._contract(trainer)
-        names = list(getattr(contract, "class_names", None) or [])
-        return [str(c) for c in names] if len(names) == n else [str(i) for i in range(n)]
+        from keel.data.protocol import class_names
+
+        names = class_names(getattr(trainer, "datamodule", None))
+        return names if len(names) == n else [str(i) for i in range(n)]
 
     def _image_shape(self, trainer: L.Trainer) -> tuple[int, ...] | None:
         shape = tuple(getattr(self._contract(trainer), "shape", ()) or ())

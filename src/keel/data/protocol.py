@@ -167,3 +167,17 @@ def contract_data_report(dm: Any, **extra: Any) -> dict[str, Any]:
         "split_sizes": dm.split_sizes(),
         "dropped": dm.dropped or {"total": 0, "splits": {}},
     }
+
+
+def class_names(dm: Any) -> list[str]:
+    """The names of ``dm``'s classes, in label order: the module's own ``class_names`` when it has
+    them (an image folder's subfolder names), else its contract's; [] for a regression or a module
+    without a contract."""
+    own = getattr(dm, "class_names", None)
+    if isinstance(own, (list, tuple)) and own and all(isinstance(n, str) for n in own):
+        return list(own)
+    names = getattr(getattr(dm, "contract", None), "class_names", None)
+    try:
+        return [str(c) for c in names] if names else []
+    except TypeError:
+        return []

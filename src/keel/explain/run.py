@@ -119,18 +119,6 @@ def feature_names(contract: Any) -> list[str]:
     return [f"channel {j}" for j in range(shape[-1])]
 
 
-def _class_names(datamodule: Any) -> list[str]:
-    """The classes' names: the data module's own (an image folder's subfolder names) when it has
-    them, else the contract's."""
-    own = getattr(datamodule, "class_names", None)
-    if isinstance(own, (list, tuple)) and own and all(isinstance(n, str) for n in own):
-        return list(own)
-    try:
-        return [str(c) for c in datamodule.contract.class_names]
-    except (AttributeError, TypeError):
-        return []
-
-
 def _sample(x: Any, y: Any, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x), np.asarray(y)
     if len(x) > limit:
@@ -202,7 +190,9 @@ def _explain_split(module: Any, datamodule: Any, options: ExplainOptions, out_di
             return Explanation(kind, note="images=0: no image explained")
         x, y = split_sample(datamodule, options.split, max(options.images * 50, 1000))
         x, y = _sample(x, y, max(options.images * 50, 1000), options.seed)
-        return _explain_images(module, x, y, _class_names(datamodule), options, out, device)
+        from keel.data.protocol import class_names
+
+        return _explain_images(module, x, y, class_names(datamodule), options, out, device)
     if kind == "table":
         if not options.importance:
             return Explanation(kind, note="importance off")

@@ -56,6 +56,12 @@ def test_diabetes_end_to_end_train_resume_export_int8_predict(tmp_path):
     # the bundle: parity by absolute/relative difference in the target's units, int8 by rmse budget
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     assert manifest["task"] == "regression" and manifest["parity"]["ok"]
+    # permutation importance by the task's metric: rmse rises when a column is shuffled, reported
+    # sign-flipped so that the most important column is first and positive
+    importance = json.loads((run / "explain" / "importance.json").read_text())
+    assert importance["metric"] == "rmse" and importance["higher_is_better"] is False
+    assert manifest["importance"] == importance and len(importance["features"]) == 10
+    assert importance["features"][0]["mean"] > 0 and importance["baseline"] == pytest.approx(metrics["test/rmse"], rel=1e-3)
     assert manifest["parity"]["scale"] == pytest.approx(manifest["target"]["std"])
     assert manifest["io"]["outputs"][0]["name"] == "prediction"
     assert manifest["metrics"]["fp32"]["test_rmse"] == pytest.approx(metrics["test/rmse"], rel=1e-3)

@@ -312,37 +312,71 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(table_s
     assert calls <= 17  # 16 single-row requests + the whole: merged when they met in a window
 
 
-def test_a_window_merges_concurrent_requests_then_sigterm_finishes_the_one_in_flight(table_bundle, tmp_path):
-    server = Server(table_bundle, tmp_path, "--batch-window-ms", "2000")  # a lone request waits 2 s
+class _Partial:
+    """A POST /predict sent over a raw socket in two parts: the headers and part of the body now
+    (the server is reading it: a request on its way), the rest when :meth:`finish` is called."""
+
+    def __init__(self, port: int, doc: dict) -> None:
+        self.body = json.dumps(doc).encode()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n").encode()
+        self.sock.sendall(head + self.body[:5])
+
+    def finish(self) -> tuple[int, dict]:
+        self.sock.sendall(self.body[5:])
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        self.sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+
+def _wait_in_flight(server: Server, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while server.metrics()[("keel_predict_in_flight", ())] < n:
+        assert time.monotonic() < deadline, f"fewer than {n} requests in flight after 10 s"
+        time.sleep(0.02)
+
+
+def test_a_lone_request_runs_at_once_and_a_call_waits_for_one_being_read_then_sigterm_finishes_them(
+        table_bundle, tmp_path):
+    server = Server(table_bundle, tmp_path, "--batch-window-ms", "2000")
     rows = _frame(6).to_dict("records")
-    answers: dict[int, tuple] = {}
-
-    def one(i: int) -> None:
-        answers[i] = server.json("POST", "/predict", {"rows": [rows[i]]})
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    m = server.metrics()
-    assert m[("keel_batch_requests_count", ())] == 1 and m[("keel_batch_requests_sum", ())] == 6  # one call
     whole = server.json("POST", "/predict", {"rows": rows})[1]["predictions"]
-    for i in range(6):  # each caller got its own row's answer
-        status, got = answers[i]
+    t = time.monotonic()
+    status, got = server.json("POST", "/predict", {"rows": rows[:1]})
+    assert status == 200 and time.monotonic() - t < 1.5  # nothing else on its way: no 2 s wait
+    before = server.metrics()
+
+    # a request whose body is still arriving: the next call waits for it (at most the window) and shares it
+    partial = _Partial(server.port, {"rows": [rows[1]]})
+    _wait_in_flight(server, 1)
+    answers: dict[str, tuple] = {}
+    waiting = threading.Thread(target=lambda: answers.setdefault("b", server.json("POST", "/predict",
+                                                                                  {"rows": [rows[2]]})))
+    waiting.start()
+    _wait_in_flight(server, 2)
+    time.sleep(0.2)
+    assert waiting.is_alive()  # waiting in the window for the request being read
+    answers["a"] = partial.finish()
+    waiting.join(timeout=20)
+    after = server.metrics()
+    assert after[("keel_batch_requests_count", ())] - before[("keel_batch_requests_count", ())] == 1  # one call
+    assert after[("keel_batch_requests_sum", ())] - before[("keel_batch_requests_sum", ())] == 2
+    for key, i in (("a", 1), ("b", 2)):  # each caller got its own row's answer
+        status, got = answers[key]
         assert status == 200 and got["predictions"][0]["probabilities"] == pytest.approx(whole[i]["probabilities"])
 
-    answer: dict[str, object] = {}
-
-    def slow() -> None:
-        answer["got"] = server.json("POST", "/predict", {"rows": rows[:1]})
-
-    t = threading.Thread(target=slow)
-    t.start()
-    deadline = time.monotonic() + 10
-    while server.metrics()[("keel_predict_in_flight", ())] < 1:  # it waits in the batch window
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    # SIGTERM while one request is being read and another waits for it in the window: both answered
+    partial = _Partial(server.port, {"rows": [rows[3]]})
+    _wait_in_flight(server, 1)
+    answers.clear()
+    waiting = threading.Thread(target=lambda: answers.setdefault("b", server.json("POST", "/predict",
+                                                                                  {"rows": [rows[4]]})))
+    waiting.start()
+    _wait_in_flight(server, 2)
     server.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
     while True:  # new connections are refused once uvicorn sees the signal (it looks every 0.1 s)
@@ -352,10 +386,12 @@ def test_a_window_merges_concurrent_requests_then_sigterm_finishes_the_one_in_fl
             break
         assert time.monotonic() < deadline, "still accepting connections 5 s after SIGTERM"
         time.sleep(0.05)
-    assert t.is_alive()  # the request in flight was still waiting when new ones were refused
-    t.join(timeout=20)
-    status, got = answer["got"]
-    assert status == 200 and got["rows"] == 1  # the request in flight was answered
+    assert waiting.is_alive()  # the request in flight was still waiting when new ones were refused
+    status, got = partial.finish()
+    waiting.join(timeout=20)
+    assert status == 200 and got["predictions"][0]["probabilities"] == pytest.approx(whole[3]["probabilities"])
+    status, got = answers["b"]
+    assert status == 200 and got["predictions"][0]["probabilities"] == pytest.approx(whole[4]["probabilities"])
     assert server.proc.wait(timeout=20) == 0, server.text()
     server.stop()
 

@@ -65,20 +65,74 @@ def test_max_rows_caps_a_call_and_a_large_request_runs_alone_whole():
     np.testing.assert_array_equal(got[3][0], _rows(70, 10) * 2)
 
 
-def test_a_lone_request_waits_at_most_the_window():
+def test_a_lone_request_runs_at_once_without_waiting_the_window():
     model = FakeModel()
 
     async def one() -> float:
-        batcher = MicroBatcher(model, window_s=0.03, max_rows=64)
+        batcher = MicroBatcher(model, window_s=0.5, max_rows=64)
         await batcher.start()
         t = time.perf_counter()
-        await batcher.submit(_rows(0, 1))
+        got = await batcher.submit(_rows(7, 1))
         elapsed = time.perf_counter() - t
         await batcher.close()
+        np.testing.assert_array_equal(got[0], _rows(7, 1) * 2)
         return elapsed
 
     elapsed = asyncio.run(one())
-    assert 0.025 <= elapsed < 0.5 and model.calls == [1]
+    assert elapsed < 0.25 and model.calls == [1]  # nothing else on its way: no wait for the 0.5 s window
+
+
+def test_a_call_waits_for_announced_requests_and_shares_with_them():
+    model = FakeModel()
+
+    async def go() -> tuple[float, list]:
+        batcher = MicroBatcher(model, window_s=2.0, max_rows=64)
+        await batcher.start()
+
+        async def announced(start: int, n: int, delay: float) -> tuple:
+            with batcher.incoming():  # the server reading and checking a body
+                await asyncio.sleep(delay)
+            return await batcher.submit(_rows(start, n))
+
+        t = time.perf_counter()
+        got = await asyncio.gather(batcher.submit(_rows(0, 1)), announced(10, 2, 0.05), announced(20, 3, 0.1))
+        elapsed = time.perf_counter() - t
+        await batcher.close()
+        return elapsed, got
+
+    elapsed, got = asyncio.run(go())
+    assert model.calls == [6]  # the first waited for the two on their way, then ran all at once
+    assert elapsed < 1.0  # not the 2 s window: it stopped waiting when none was left on its way
+    for (doubled, total), (s, n) in zip(got, [(0, 1), (10, 2), (20, 3)]):
+        np.testing.assert_array_equal(doubled, _rows(s, n) * 2)
+        np.testing.assert_array_equal(total, _rows(s, n).sum(axis=1))
+
+
+def test_the_window_bounds_the_wait_for_a_slow_announced_request():
+    model = FakeModel()
+
+    async def go() -> float:
+        batcher = MicroBatcher(model, window_s=0.03, max_rows=64)
+        await batcher.start()
+        release = asyncio.Event()
+
+        async def slow() -> tuple:
+            with batcher.incoming():
+                await release.wait()
+            return await batcher.submit(_rows(5, 1))
+
+        other = asyncio.ensure_future(slow())
+        await asyncio.sleep(0)
+        t = time.perf_counter()
+        await batcher.submit(_rows(0, 1))
+        elapsed = time.perf_counter() - t
+        release.set()
+        await other
+        await batcher.close()
+        return elapsed
+
+    elapsed = asyncio.run(go())
+    assert 0.025 <= elapsed < 0.5 and model.calls == [1, 1]
 
 
 def test_window_zero_still_merges_what_is_already_queued():

@@ -45,6 +45,40 @@ def test_the_window_keeps_the_last_rows_and_compares_them_as_keel_drift_does():
     assert w.result == compare(REFERENCE, rows, DriftThresholds())
 
 
+def test_the_ring_buffer_wraps_keeps_order_and_matches_keel_drift_exactly():
+    w = DriftWindow(REFERENCE, DriftThresholds(), size=300)
+    batches = [_batch(n) for n in (1, 250, 7, 1, 120, 1, 500, 33)]  # wraps several times; one batch > size
+    seen = []
+    for b in batches:
+        w.add(b)
+        seen.append(b)
+        rows = {k: np.concatenate([x[k] for x in seen])[-300:] for k in ("a", "b")}
+        got = w.window()
+        np.testing.assert_array_equal(got["a"], rows["a"])
+        assert list(got["b"]) == list(rows["b"]) and w.rows == len(rows["a"])
+    w.update()
+    assert w.result == compare(REFERENCE, rows, DriftThresholds())  # equal numbers, not approximately
+
+
+def test_tensor_rows_added_as_a_matrix_equal_the_column_path():
+    from keel.data.drift import tensor_drift_columns
+    from keel.serve.metrics import tensor_drift_matrix, tensor_drift_names
+
+    x = RNG.normal(size=(700, 1, 4, 4)).astype(np.float32)
+    ref = reference_stats(tensor_drift_columns(x[:400]), {n: "numeric" for n in tensor_drift_names((1, 4, 4))})
+    by_matrix, by_columns = DriftWindow(ref, DriftThresholds(), 250), DriftWindow(ref, DriftThresholds(), 250)
+    for a, b in ((0, 1), (1, 200), (200, 201), (201, 650), (650, 700)):
+        by_matrix.add_matrix(tensor_drift_matrix(x[a:b]))
+        by_columns.add(tensor_drift_columns(x[a:b]))
+    whole = tensor_drift_columns(x[-250:])
+    for name, col in by_matrix.window().items():
+        np.testing.assert_array_equal(col, whole[name])
+    by_matrix.update(), by_columns.update()
+    assert by_matrix.result == by_columns.result == compare(ref, whole, DriftThresholds())
+    with pytest.raises(ValueError, match="add_matrix"):
+        DriftWindow(REFERENCE, DriftThresholds()).add_matrix(np.zeros((1, 2)))
+
+
 def test_shifted_rows_enter_alert_and_leave_it_with_log_lines(caplog):
     drift = DriftWindow(REFERENCE, drift_thresholds(MANIFEST), size=400)
     assert drift.thresholds.psi_alert == 0.3

@@ -13,14 +13,23 @@ from typing import Any
 import numpy as np
 
 
-def session(path: str | Path, threads: int = 0) -> Any:
-    """A CPU InferenceSession (``threads`` 0: ONNX Runtime's default)."""
+def session(path: str | Path, threads: int = 0, spin: bool = True) -> Any:
+    """A CPU InferenceSession (``threads`` 0: ONNX Runtime's default, one intra-op thread per core).
+
+    ``spin=False``: the intra-op and inter-op pools block between calls instead of spinning
+    (ONNX Runtime's ``session.*.allow_spinning``): what a server wants, whose calls come seconds or
+    microseconds apart; a spinning pool thread burns a core between them.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: no graph-optimizer chatter on stderr
     if threads:
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1  # sequential execution (the default mode): one inter-op thread
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

@@ -1,25 +1,29 @@
-"""Dynamic micro-batching for ``keel serve``: requests that arrive within a short window run as
-one model call, and each caller gets back its own rows (asyncio + numpy; no torch).
+"""Dynamic micro-batching for ``keel serve``: requests that arrive together run as one model
+call, and each caller gets back its own rows (asyncio + numpy; no torch).
 
 Why: an ONNX Runtime call has a fixed cost (~50-100 us here for a small MLP) that a batch of
-64 rows shares; under concurrent load, batching turns N calls into one. The window bounds the
-latency it adds to a lone request.
+64 rows shares; under concurrent load, batching turns N calls into one.
 
-How: :meth:`MicroBatcher.submit` queues ``(x, future)``; one worker task takes the first queued
-request, then keeps taking requests until the batch holds ``max_rows`` rows or ``window_s`` has
-passed since that first one, concatenates their rows, runs the model in a single worker thread
-(the event loop keeps accepting requests meanwhile) and splits the outputs back by each
-request's row count. A request that would overflow the batch waits for the next one; a single
-request with more than ``max_rows`` rows runs alone, whole. Requests that arrive while a batch
-runs form the next batch at once (no extra wait when the queue already fills it).
+The rule (adaptive): one worker task takes the first queued request and every request already
+queued behind it (up to ``max_rows`` rows), and runs them as one call at once, unless other
+requests are on their way in (the server announces each one with :meth:`MicroBatcher.incoming`
+while it reads and checks the body): then it waits for them, at most ``window_s`` after it took
+the first, and stops waiting as soon as none is on its way. So a lone request never waits;
+requests that queue while a call runs (in a single worker thread: the event loop keeps accepting
+requests meanwhile) form the next call without waiting; the window only bounds how long a call
+waits for requests already being read. The model's outputs are split back by each request's row
+count. A request that would overflow the batch waits for the next one; a single request with
+more than ``max_rows`` rows runs alone, whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +76,9 @@ class MicroBatcher:
     Args:
         run: the model: float32 ``(N, ...)`` rows -> a tuple of output arrays with N rows each
             (called in one worker thread, one call at a time).
-        window_s: how long the first request of a batch waits for others (seconds, >= 0;
-            0: only requests already queued join it).
+        window_s: the most a call waits for requests announced by :meth:`incoming` (seconds,
+            >= 0; measured from when the worker took its first request). Requests already queued
+            always join without waiting; with nothing announced nothing is waited for.
         max_rows: most rows per call, >= 1 (a larger single request runs alone).
         on_batch: called in the event loop after each call with its :class:`BatchStats`.
 
@@ -87,7 +92,9 @@ class MicroBatcher:
         if not isinstance(max_rows, int) or max_rows < 1:
             raise KeelError(f"max batch {max_rows!r}: expected an integer >= 1, e.g. 64")
         self.run, self.window_s, self.max_rows, self.on_batch = run, float(window_s), max_rows, on_batch
-        self._queue: asyncio.Queue[_Item | None] | None = None
+        self._items: deque[_Item] = deque()
+        self._wake: asyncio.Event | None = None  # set on a submit, an announced request leaving, close
+        self._incoming = 0
         self._carry: _Item | None = None
         self._worker: asyncio.Task | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -95,9 +102,21 @@ class MicroBatcher:
 
     async def start(self) -> None:
         """Start the worker task (in the running loop)."""
-        self._queue = asyncio.Queue()
+        self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="keel-model")
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name="keel-batcher")
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Announce a request on its way (its body being read and checked): a call about to run
+        waits for it (at most the window) while inside. Leave before ``submit``."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            if self._wake is not None and not self._incoming:
+                self._wake.set()
 
     async def submit(self, x: np.ndarray) -> Outputs:
         """The model's outputs for the rows of ``x`` (run in a batch with other requests).
@@ -106,10 +125,11 @@ class MicroBatcher:
             BatcherClosed: after :meth:`close` began.
             Exception: whatever the model raised for the batch holding these rows.
         """
-        if self._closed or self._queue is None:
+        if self._closed or self._wake is None:
             raise BatcherClosed("the server is shutting down; no new predictions")
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(x, future))
+        self._items.append(_Item(x, future))
+        self._wake.set()
         return await future
 
     async def close(self) -> None:
@@ -117,50 +137,61 @@ class MicroBatcher:
         if self._closed:
             return
         self._closed = True
-        if self._queue is not None and self._worker is not None:
-            self._queue.put_nowait(None)
+        if self._wake is not None and self._worker is not None:
+            self._wake.set()
             await self._worker
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    async def _next_batch(self) -> tuple[list[_Item], bool]:
-        """(the next batch, whether the close marker was reached)."""
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        first = self._carry if self._carry is not None else await self._queue.get()
-        self._carry = None
+    async def _first(self) -> _Item | None:
+        """The next request (None: closed and nothing left)."""
+        assert self._wake is not None
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        while not self._items:
+            if self._closed:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        return self._items.popleft()
+
+    async def _next_batch(self) -> list[_Item]:
+        """The next batch ([]: closed and nothing left)."""
+        assert self._wake is not None
+        first = await self._first()
         if first is None:
-            return [], True
+            return []
+        loop = asyncio.get_running_loop()
         batch, rows = [first], len(first.x)
-        deadline = loop.time() + self.window_s
+        deadline = None
         while rows < self.max_rows:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+            if not self._items:
+                if not self._incoming or self._closed or not self.window_s:
+                    break  # nothing on its way: run now
+                if deadline is None:
+                    deadline = loop.time() + self.window_s
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
-                    break
-            if item is None:
-                return batch, True
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            item = self._items[0]
             if rows + len(item.x) > self.max_rows:
-                self._carry = item  # first of the next batch
+                self._carry = self._items.popleft()  # first of the next batch
                 break
-            batch.append(item)
+            batch.append(self._items.popleft())
             rows += len(item.x)
-        return batch, False
+        return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        done = False
-        while not done or self._carry is not None:
-            if done:  # the close marker came after a carried request: run it alone
-                batch, self._carry = [self._carry], None
-            else:
-                batch, done = await self._next_batch()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                return
             live = [item for item in batch if not item.future.done()]  # a caller that left is not run
             if not live:
                 continue

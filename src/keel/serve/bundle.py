@@ -339,6 +339,16 @@ class Bundle(ContractInput):
             self._session = session(safe_member(self.root, name))
         return self._session
 
+    def open_session(self, threads: int = 1, spin: bool = False) -> Any:
+        """(Re)build :attr:`session` with ``threads`` intra-op threads (0: ONNX Runtime's default,
+        one per core) and, ``spin=False``, pool threads that block between calls instead of
+        spinning: ``keel serve``'s session (see ``--threads``)."""
+        name = self.manifest["models"].get(self.variant)
+        if not name:
+            raise BundleError(f"{self.root}: this bundle has no {self.variant} model")
+        self._session = session(safe_member(self.root, name), threads=threads, spin=spin)
+        return self._session
+
     @property
     def task(self) -> Any:
         """The bundle's task (bundles from before the task seam are classification)."""

@@ -53,7 +53,6 @@ import math
 import os
 import re
 import threading
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,8 +107,34 @@ def drift_columns(bundle: Any, data: Any, x: np.ndarray, kept: np.ndarray) -> di
     return table_drift_columns(data.iloc[kept].reset_index(drop=True), contract)[0]
 
 
+def tensor_drift_matrix(x: np.ndarray) -> np.ndarray:
+    """:func:`keel.data.drift.tensor_drift_columns` of ``x`` as one ``(N, features)`` float64
+    matrix, columns in that function's order (the same values: every value of each flattened
+    sample, or the per-channel summaries), built without a dict of one-row columns."""
+    from keel.data.drift import MAX_DRIFT_FEATURES, tensor_drift_columns
+
+    x = np.asarray(x, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    if flat.shape[1] <= MAX_DRIFT_FEATURES:
+        return flat
+    return np.column_stack(list(tensor_drift_columns(x).values()))
+
+
+def tensor_drift_names(shape: tuple[int, ...]) -> list[str]:
+    """The feature names of :func:`tensor_drift_matrix`'s columns for samples of ``shape``."""
+    from keel.data.drift import tensor_drift_columns
+
+    return list(tensor_drift_columns(np.zeros((1, *shape), dtype=np.float64)))
+
+
 class DriftWindow:
     """The last ``size`` served rows' drift columns and their comparison with ``reference``.
+
+    A preallocated ring buffer: the numeric features as one ``(size, features)`` float64 matrix
+    (values converted as :func:`keel.data.drift.compare` converts them), the others as object
+    arrays; adding rows writes them over the oldest ones, and a comparison reads the buffer
+    oldest row first, so it sees the same values in the same order as ``keel drift`` on those
+    rows (the same numbers, exactly).
 
     Thread-safe: rows are added from the event loop, :meth:`update` may run in a thread.
     """
@@ -121,8 +146,14 @@ class DriftWindow:
             raise KeelError(f"drift window {size!r}: expected a number of rows >= 1, e.g. 1000")
         self.reference, self.thresholds, self.size = reference, thresholds, size
         self.features = list(reference["features"])
-        self._chunks: deque[tuple[int, dict[str, np.ndarray]]] = deque()
-        self._rows = 0
+        kinds = {f: (reference["features"][f] or {}).get("kind") for f in self.features}
+        # numeric features in one matrix; every other kind kept as given (compare names a bad kind)
+        self.numeric = [f for f in self.features if kinds[f] == "numeric"]
+        self.other = [f for f in self.features if kinds[f] != "numeric"]
+        self._num = np.zeros((size, len(self.numeric)), dtype=np.float64)
+        self._other = {f: np.empty(size, dtype=object) for f in self.other}
+        self._next = 0  # slot of the next row
+        self._held = 0  # rows in the buffer (<= size)
         self._lock = threading.Lock()
         self._dirty = False
         self.result: dict[str, Any] | None = None
@@ -130,30 +161,71 @@ class DriftWindow:
 
     @property
     def rows(self) -> int:
-        return self._rows
+        """Rows in the window (at most ``size``)."""
+        return self._held
 
     def add(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Append rows (feature -> 1-D column, equal lengths); the oldest beyond ``size`` go."""
+        """Append rows (feature -> 1-D column, equal lengths); the oldest beyond ``size`` go.
+
+        Raises:
+            DriftError: a numeric feature's column that is not numbers (as ``keel drift`` says).
+        """
+        from keel.data.drift import _as_float
+
         n = len(next(iter(columns.values()))) if columns else 0
         if not n:
             return
-        chunk = {f: np.asarray(columns[f]) for f in self.features}
+        keep = min(n, self.size)
+        num = np.empty((keep, len(self.numeric)), dtype=np.float64)
+        for j, f in enumerate(self.numeric):
+            col = columns[f]
+            if not (isinstance(col, np.ndarray) and col.dtype == np.float64 and col.ndim == 1):
+                col = _as_float(col, f)  # what compare does to it
+            num[:, j] = col[n - keep:]
+        other = {f: np.asarray(columns[f])[n - keep:] for f in self.other}
+        self._write(num, other, keep)
+
+    def add_matrix(self, num: np.ndarray) -> None:
+        """Append rows given as one ``(N, features)`` matrix whose columns are :attr:`numeric`
+        in order (a window with numeric features only: tensor bundles, see
+        :func:`tensor_drift_matrix`); the oldest beyond ``size`` go."""
+        if self.other or num.ndim != 2 or num.shape[1] != len(self.numeric):
+            raise ValueError(f"add_matrix: expected (N, {len(self.numeric)}) for a numeric-only window, got "
+                             f"{num.shape} ({len(self.other)} other features)")
+        n = len(num)
+        if n:
+            keep = min(n, self.size)
+            self._write(num[n - keep:], {}, keep)
+
+    def _write(self, num: np.ndarray, other: Mapping[str, np.ndarray], n: int) -> None:
         with self._lock:
-            self._chunks.append((n, chunk))
-            self._rows += n
-            while self._rows - self._chunks[0][0] >= self.size:
-                self._rows -= self._chunks.popleft()[0]
+            at = self._next
+            first = min(n, self.size - at)  # up to the buffer's end, the rest from its start
+            self._num[at:at + first] = num[:first]
+            self._num[:n - first] = num[first:]
+            for f, values in other.items():
+                buf = self._other[f]
+                buf[at:at + first] = values[:first]
+                buf[:n - first] = values[first:]
+            self._next = (at + n) % self.size
+            self._held = min(self.size, self._held + n)
             self._dirty = True
 
     def window(self) -> dict[str, np.ndarray]:
-        """The window's columns: the last ``size`` rows (at most)."""
+        """The window's columns, oldest row first: the last ``size`` rows (at most)."""
         with self._lock:
-            chunks = list(self._chunks)
-            rows = self._rows
-        if not chunks:
-            return {}
-        skip = max(0, rows - self.size)
-        return {f: np.concatenate([c[f] for _, c in chunks])[skip:] for f in self.features}
+            held, at = self._held, self._next
+            if not held:
+                return {}
+
+            def ordered(buf: np.ndarray) -> np.ndarray:
+                return buf[:held].copy() if held < self.size else np.concatenate((buf[at:], buf[:at]))
+
+            num = np.ascontiguousarray(ordered(self._num).T)  # a contiguous row per feature
+            other = {f: ordered(buf) for f, buf in self._other.items()}
+        cols = {f: num[j] for j, f in enumerate(self.numeric)}
+        cols.update(other)
+        return {f: cols[f] for f in self.features}
 
     def update(self) -> tuple[list[str], list[str]] | None:
         """Compare the window with the reference when rows came since the last time.
@@ -259,6 +331,8 @@ class ServeMetrics:
         self.rows_predicted = Counter("keel_rows_predicted", "Rows predicted", registry=r)
         self.rejections = Counter("keel_contract_rejections", "Rows failing a contract rule, by rule and column",
                                   ("rule", "column"), registry=r)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}  # (endpoint, status) -> its series
+        self._labels: dict[Any, Any] = {}  # predicted label -> its keel_predictions series
         self.summary = task.serve_summary(dict(manifest))
         if self.summary["kind"] == "counts":
             self.predictions = Counter("keel_predictions", "Predicted classes", ("label",), registry=r)
@@ -309,8 +383,13 @@ class ServeMetrics:
     # ------------------------------------------------------------------ recording
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         name = endpoint if endpoint in ENDPOINTS else "other"  # bounded label values
-        self.requests.labels(name, str(status)).inc()
-        self.request_seconds.labels(name).observe(seconds)
+        key = (name, status)
+        children = self._children.get(key)
+        if children is None:  # labels() looks the child up under a lock: once per (endpoint, status)
+            children = self._children[key] = (self.requests.labels(name, str(status)),
+                                               self.request_seconds.labels(name))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def batch(self, rows: int, requests: int, seconds: float) -> None:
         self.model_seconds.observe(seconds)
@@ -327,7 +406,11 @@ class ServeMetrics:
         key = self.summary["key"]
         if self.summary["kind"] == "counts":
             for r in records:
-                self.predictions.labels(str(r[key])).inc()
+                label = r[key]
+                child = self._labels.get(label)
+                if child is None:
+                    child = self._labels[label] = self.predictions.labels(str(label))
+                child.inc()
         else:
             for r in records:
                 self.predictions.observe(float(r[key]))
@@ -389,4 +472,4 @@ def _fmt(v: Any) -> str:
 
 
 __all__ = ["DRIFT_STATES", "GAUGE_MODES", "MULTIPROC_ENV", "DriftWindow", "ServeMetrics", "drift_columns",
-           "drift_thresholds", "forget_dead_workers"]
+           "drift_thresholds", "forget_dead_workers", "tensor_drift_matrix", "tensor_drift_names"]

@@ -205,6 +205,8 @@ def json_array(value: list, dtype: str) -> Any:
     if arr.dtype.kind not in "iuf" or arr.dtype == want:
         return arr
     if want.kind == "f":
+        if arr.size and np.abs(arr).max() <= float(np.finfo(want).max):  # the usual case: all finite and in range
+            return arr.astype(want)
         with np.errstate(invalid="ignore"):
             over = np.abs(arr.astype(np.float64)) > float(np.finfo(want).max)
         finite = np.isfinite(arr.astype(np.float64))

@@ -36,12 +36,18 @@ from keel.data.contract import ContractViolationError
 from keel.errors import KeelError
 from keel.export.bundle import BundleError
 from keel.serve.batching import BatcherClosed, MicroBatcher
-from keel.serve.metrics import MULTIPROC_ENV, DriftWindow, ServeMetrics, drift_columns, drift_thresholds
-from keel.serve.requests import RequestError, body_kind, check_length, on_invalid_mode, parse, too_large
+from keel.serve.metrics import (MULTIPROC_ENV, DriftWindow, ServeMetrics, drift_columns, drift_thresholds,
+                                tensor_drift_matrix, tensor_drift_names)
+from keel.serve.requests import (JSON, NPY, RequestError, body_kind, check_length, on_invalid_mode, parse,
+                                 too_large)
 
 log = logging.getLogger("keel.serve")
 ENV = "KEEL_SERVE_OPTIONS"  # the options of worker processes (--workers N start the app by import string)
 MAX_ROWS_LISTED = 1000  # row ids per violation in a 422 answer (``failing`` says how many in all)
+# JSON and .npy bodies up to this size are parsed and checked on the event loop (a few hundred
+# microseconds at most: cheaper than a thread-pool hop); larger ones, and CSV/Parquet files, in a
+# worker thread, so a big body does not stall every other request
+INLINE_BODY_BYTES = 64 << 10
 TOP_FEATURES = 10  # features of the manifest's permutation importance listed in GET /info
 
 
@@ -56,8 +62,16 @@ class ServeOptions:
             machines unless asked) and how many processes (each loads the bundle and keeps its own
             drift window; with more than one, ``/metrics`` merges every worker's counts through
             prometheus-client's multiprocess mode, see ``keel.serve.metrics``).
-        batch_window_ms: how long a request waits for others to share its model call.
+        batch_window_ms: the most a request waits for others to share its model call, and only
+            while other requests are on their way in (being read or checked): a lone request runs
+            at once, and requests that queue while a call runs share the next one without waiting
+            (see ``keel.serve.batching``).
         max_batch: most rows merged into one call (a larger single request runs alone).
+        threads: ONNX Runtime intra-op threads per worker (0: its default, one per core). 1 by
+            default: batch-1..64 calls of a small model gain nothing from more, and a pool thread
+            per core competes with the event loop for the cores; raise it for a big model whose
+            single call is long (convolutions on large images), and set ``workers`` x ``threads``
+            to at most the cores. Pool threads never spin between calls.
         max_body_bytes: request bodies above this are refused (413).
         drift_window: served rows in the drift window.
         drift_interval_s: how often the drift window is compared in the background (/metrics
@@ -74,6 +88,7 @@ class ServeOptions:
     workers: int = 1
     batch_window_ms: float = 2.0
     max_batch: int = 64
+    threads: int = 1
     max_body_bytes: int = 16 << 20
     drift_window: int = 1000
     drift_interval_s: float = 1.0
@@ -90,6 +105,8 @@ class ServeOptions:
             out.append(f"--batch-window-ms {self.batch_window_ms}: expected >= 0, e.g. 2")
         if self.max_batch < 1:
             out.append(f"--max-batch {self.max_batch}: expected >= 1, e.g. 64")
+        if self.threads < 0:
+            out.append(f"--threads {self.threads}: expected >= 0 (0: ONNX Runtime's default), e.g. 1")
         if self.max_body_bytes < 1:
             out.append(f"--max-body-bytes {self.max_body_bytes}: expected >= 1")
         if self.drift_window < 1:
@@ -118,7 +135,8 @@ def open_bundle(options: ServeOptions) -> tuple[Any, str]:
         raise BundleError(f"{root}: refusing to serve a bundle that fails its checks: {'; '.join(problems)}")
     bundle = load_bundle(root, variant="int8" if options.int8 else "fp32", verify_hashes=False)  # just verified
     bundle_id = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
-    _ = bundle.session  # build it now: the first request should not pay for it
+    # built now (the first request should not pay for it): --threads intra-op threads, no spinning
+    bundle.open_session(options.threads, spin=False)
     return bundle, bundle_id
 
 
@@ -204,6 +222,9 @@ def create_app(options: ServeOptions, opened: tuple[Any, str] | None = None) -> 
     manifest, task = bundle.manifest, bundle.task
     reference = (manifest.get("data") or {}).get("reference")
     drift = DriftWindow(reference, drift_thresholds(manifest), options.drift_window) if reference else None
+    # a tensor bundle whose reference has exactly the tensor drift features: rows go in as a matrix
+    drift_matrix = (drift is not None and not bundle.is_table and not drift.other
+                    and drift.numeric == tensor_drift_names(tuple(bundle.contract.shape)))
     # several workers: the directory serve() made for prometheus-client's multiprocess mode
     multiproc = os.environ.get(MULTIPROC_ENV) if options.workers > 1 else None
     metrics = ServeMetrics(task, manifest, drift, multiproc)
@@ -231,17 +252,23 @@ def create_app(options: ServeOptions, opened: tuple[Any, str] | None = None) -> 
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def check(parsed: Any, on_invalid: str) -> Any:
-        return bundle.encode_rows(parsed.rows, parsed.source, on_invalid=on_invalid)
+    def read(kind: str, body: bytes, keep: tuple[str, ...], on_invalid: str) -> tuple[Any, Any]:
+        parsed = parse(bundle, kind, body, keep)
+        return parsed, bundle.encode_rows(parsed.rows, parsed.source, on_invalid=on_invalid)
 
     async def predict(request: Request) -> Any:
         try:
-            on_invalid = on_invalid_mode(request.query_params.get("on_invalid"))
-            keep = tuple(request.query_params.getlist("keep"))
-            kind = body_kind(request.headers.get("content-type"))
-            body = await read_body(request)
-            parsed = await run_in_threadpool(parse, bundle, kind, body, keep)
-            enc = await run_in_threadpool(check, parsed, on_invalid)
+            with batcher.incoming():  # a model call about to run waits for this one (at most the window)
+                on_invalid = on_invalid_mode(request.query_params.get("on_invalid"))
+                keep = tuple(request.query_params.getlist("keep"))
+                kind = body_kind(request.headers.get("content-type"))
+                body = await read_body(request)
+                if len(body) <= INLINE_BODY_BYTES and kind in (JSON, NPY):
+                    # parse + check on the event loop: ~100 us for a small body, less than a
+                    # thread-pool hop costs (and no temporary file, unlike CSV/Parquet)
+                    parsed, enc = read(kind, body, keep, on_invalid)
+                else:  # large bodies and files off the loop, in one hop
+                    parsed, enc = await run_in_threadpool(read, kind, body, keep, on_invalid)
         except RequestError as e:
             names = {400: "bad_request", 413: "body_too_large", 415: "unsupported_media_type"}
             return error(e.status, names.get(e.status, "bad_request"), str(e))
@@ -273,7 +300,10 @@ def create_app(options: ServeOptions, opened: tuple[Any, str] | None = None) -> 
             metrics.rejected([enc.report])
         if drift is not None:
             try:
-                drift.add(drift_columns(bundle, parsed.rows.data, enc.x, enc.rows))
+                if drift_matrix:  # tensors: one matrix into the window, no dict of one-row columns
+                    drift.add_matrix(tensor_drift_matrix(enc.x))
+                else:
+                    drift.add(drift_columns(bundle, parsed.rows.data, enc.x, enc.rows))
             except Exception:  # noqa: BLE001  the answer is right; a drift bookkeeping failure is logged, not returned
                 log.exception("keel serve: adding rows to the drift window failed")
         out: dict[str, Any] = {**head, "task": task.name, "rows": len(answers), "predictions": answers}
@@ -345,7 +375,8 @@ def _info(bundle: Any, bundle_id: str, options: ServeOptions, drift: DriftWindow
                                                       if k in quant},
         "packages": m.get("packages"), "source": m.get("source"),
         "serving": {"batch_window_ms": options.batch_window_ms, "max_batch": options.max_batch,
-                    "max_body_bytes": options.max_body_bytes, "workers": options.workers},
+                    "max_body_bytes": options.max_body_bytes, "workers": options.workers,
+                    "threads": options.threads},
     }
     for key in ("classes", "class_names", "target"):
         if key in m:
@@ -428,7 +459,10 @@ def serve(options: ServeOptions) -> int:
     _info(*opened, options, None)  # a malformed manifest section is refused here, before any worker starts
     common = dict(host=options.host, port=options.port, log_config=log_config(),
                   access_log=options.access_log, timeout_graceful_shutdown=math.ceil(options.graceful_timeout_s),
-                  lifespan="on")
+                  lifespan="on",
+                  # uvloop and httptools (dependencies; "auto" falls back to asyncio and h11 without
+                  # them): about half the HTTP stack's CPU per request
+                  loop="auto", http="auto")
     # uvicorn re-raises the signal it shut down on once it has finished (so a default handler
     # would kill the process by that signal after the graceful shutdown); with these no-op
     # handlers in place the re-raised signal is a no-op and `keel serve` exits 0.

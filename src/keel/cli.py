@@ -318,7 +318,7 @@ def _serve(args: argparse.Namespace) -> int:
         bundle=args.dir, int8=args.int8, host=args.host, port=args.port, workers=args.workers,
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
         drift_window=args.drift_window, drift_interval_s=args.drift_interval, graceful_timeout_s=args.graceful_timeout,
-        access_log=args.access_log))
+        access_log=args.access_log, threads=args.threads))
 
 
 def _sweep_report(args: argparse.Namespace) -> int:
@@ -426,9 +426,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                                          "0.0.0.0 for every interface)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, logged)")
     srv.add_argument("--workers", type=int, default=1, help="server processes (each loads the bundle and keeps its "
-                                                            "own metrics and drift window)")
+                                                            "own drift window; /metrics counts all of them)")
     srv.add_argument("--batch-window-ms", type=float, default=2.0,
-                     help="how long a request waits for others to share its model call (default 2 ms)")
+                     help="the most a model call waits for requests still being read, to share it (default 2 ms); "
+                          "a lone request runs at once, and requests that queue while a call runs share the next one")
+    srv.add_argument("--threads", type=int, default=1,
+                     help="ONNX Runtime intra-op threads per worker (default 1: batched calls of a small model gain "
+                          "nothing from more, and a pool thread per core competes with the event loop; raise it for "
+                          "a big model, keeping workers x threads <= cores; 0: ONNX Runtime's default). Pool threads "
+                          "never spin between calls")
     srv.add_argument("--max-batch", type=int, default=64, help="most rows in one model call (default 64)")
     srv.add_argument("--max-body-bytes", type=int, default=16 << 20, help="larger request bodies get 413 (default 16 MiB)")
     srv.add_argument("--drift-window", type=int, default=1000, help="served rows compared with the bundle's reference "

@@ -13,10 +13,12 @@ def test_a_missing_bundle_is_refused_before_listening(tmp_path, capsys):
 
 
 def test_bad_options_are_refused_together(tmp_path, capsys):
-    assert main(["serve", str(tmp_path), "--max-batch", "0", "--drift-window", "0", "--port", "70000"]) == 2
+    assert main(["serve", str(tmp_path), "--max-batch", "0", "--drift-window", "0", "--port", "70000",
+                 "--threads", "-1"]) == 2
     err = capsys.readouterr().err
     assert "invalid keel serve options" in err
-    for expected in ("--max-batch 0: expected >= 1", "--drift-window 0: expected >= 1 rows", "--port 70000"):
+    for expected in ("--max-batch 0: expected >= 1", "--drift-window 0: expected >= 1 rows", "--port 70000",
+                     "--threads -1: expected >= 0"):
         assert expected in err
 
 

@@ -539,8 +539,8 @@ def main() -> None:
         srv_cpus, gen_cpus = {affinity[0]}, set(affinity[1:])
         cores = (f"cores: each server pinned to cpu {affinity[0]} (1 core; only the measured server is loaded, the "
                  f"others idle), the load generator to cpu {sorted(gen_cpus)} ({len(gen_cpus)} core"
-                 f"{'s' if len(gen_cpus) > 1 else ''}); plain: torch.set_num_threads(1); keel: ONNX Runtime's "
-                 "default threads")
+                 f"{'s' if len(gen_cpus) > 1 else ''}); plain: torch.set_num_threads(1); keel: one "
+                 "non-spinning ONNX Runtime thread (--threads 1)")
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_:
         tmp = Path(tmp_)

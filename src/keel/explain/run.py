@@ -295,11 +295,6 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40] or "_"
 
 
-def importance_for_manifest(report: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's ``importance``: the report as written (every feature, sorted)."""
-    return dict(report)
-
-
 def add_importance(bundle_dir: str | Path, report: dict[str, Any]) -> dict[str, Any]:
     """Write ``report`` into the bundle manifest's ``importance`` (staged, then swapped in: a
     crash leaves the previous bundle); returns the new manifest.
@@ -311,7 +306,7 @@ def add_importance(bundle_dir: str | Path, report: dict[str, Any]) -> dict[str, 
 
     bundle_dir = Path(bundle_dir)
     manifest = read_intact(bundle_dir, "add feature importance to")
-    manifest["importance"] = importance_for_manifest(report)
+    manifest["importance"] = dict(report)  # the report as written: every feature, sorted
     with staged(bundle_dir, copy_existing=True) as tmp:
         manifest.pop("files", None)
         manifest = write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
